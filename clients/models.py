@@ -1,0 +1,157 @@
+"""Compact models for edge devices, and their parameters as stacked tensors.
+
+A model here is a template: ``torch.func.functional_call`` runs it with any
+parameter dict, so the parameters of every device live in one stacked dict
+``{name: Tensor[D, ...]}`` (a ``ParamStack``) and the module itself holds no state
+that matters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from clients.errors import ClientsError
+
+ParamStack = dict[str, torch.Tensor]
+ModelFactory = Callable[..., nn.Module]
+
+MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Add a model factory ``fn(input_shape, num_classes, **options)``; names are unique."""
+
+    def add(factory: ModelFactory) -> ModelFactory:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = factory
+        return factory
+
+    return add
+
+
+def _features(input_shape: tuple[int, ...]) -> int:
+    return math.prod(input_shape)
+
+
+@register_model("softmax")
+def softmax_regression(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression: the E-Tree paper's 'single layer neural network'."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(_features(input_shape), num_classes))
+
+
+@register_model("mlp")
+def mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden: int = 64, layers: int = 1) -> nn.Module:
+    """A small fully connected network with ReLU hidden layers."""
+    if hidden < 1 or layers < 1:
+        raise ClientsError(f"model.hidden/model.layers: got {hidden}/{layers}; both must be >= 1")
+    blocks: list[nn.Module] = [nn.Flatten()]
+    width = _features(input_shape)
+    for _ in range(layers):
+        blocks += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    blocks.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*blocks)
+
+
+@register_model("cnn")
+def cnn(input_shape: tuple[int, ...], num_classes: int, *, channels: int = 16) -> nn.Module:
+    """A two-conv CNN: 1-D for flat feature vectors (MNIST-1D), 2-D for images.
+
+    A flat input whose length is a perfect square (``digits``: 64 = 8x8) is read
+    as a one-channel square image.
+    """
+    if channels < 1:
+        raise ClientsError(f"model.channels: got {channels}; must be >= 1")
+    if len(input_shape) == 1:
+        side = math.isqrt(input_shape[0])
+        if side * side == input_shape[0]:
+            return _cnn2d((1, side, side), num_classes, channels)
+        return _cnn1d(input_shape[0], num_classes, channels)
+    if len(input_shape) == 3:
+        return _cnn2d(input_shape, num_classes, channels)
+    raise ClientsError(f"model.kind: 'cnn' takes [features] or [C, H, W] inputs, got {list(input_shape)}")
+
+
+def _cnn1d(length: int, num_classes: int, channels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Unflatten(1, (1, length)),
+        nn.Conv1d(1, channels, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Flatten(), nn.Linear(channels * (length // 4), num_classes),
+    )
+
+
+def _cnn2d(shape: tuple[int, ...], num_classes: int, channels: int) -> nn.Module:
+    in_channels, height, width = shape
+    return nn.Sequential(
+        nn.Unflatten(1, (in_channels, height, width)),
+        nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(channels * (height // 4) * (width // 4), num_classes),
+    )
+
+
+def build_model(kind: str, input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
+    """Build a registered model, naming the spec field on a bad kind or option."""
+    if kind not in MODELS:
+        raise ClientsError(f"model.kind: unknown {kind!r}; choose one of: {', '.join(sorted(MODELS))}")
+    factory = MODELS[kind]
+    accepted = [p.name for p in inspect.signature(factory).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    for option in sorted(options):
+        if option not in accepted:
+            allowed = ", ".join(accepted) or "none"
+            raise ClientsError(f"model.{option}: unknown option for model {kind!r}; allowed: {allowed}")
+    return factory(tuple(input_shape), num_classes, **options)
+
+
+def init_params(model: nn.Module, seed: int) -> ParamStack:
+    """Draw one model's parameters from a private generator (never torch's global RNG).
+
+    Weights are U(-1/sqrt(fan_in), 1/sqrt(fan_in)) like PyTorch's default, biases zero.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    params: ParamStack = {}
+    for name, tensor in model.named_parameters():
+        if tensor.dim() >= 2:
+            bound = 1.0 / math.sqrt(math.prod(tensor.shape[1:]))
+            params[name] = (torch.rand(tensor.shape, generator=generator) * 2 - 1) * bound
+        else:
+            params[name] = torch.zeros(tensor.shape)
+    return params
+
+
+def replicate(params: ParamStack, count: int) -> ParamStack:
+    """Stack ``count`` copies of one model's parameters (new memory, safe to update)."""
+    return {name: tensor.unsqueeze(0).repeat(count, *([1] * tensor.dim())) for name, tensor in params.items()}
+
+
+def select(stack: ParamStack, rows: torch.Tensor) -> ParamStack:
+    """The models at ``rows`` of a stack (a gather; copies)."""
+    return {name: tensor[rows] for name, tensor in stack.items()}
+
+
+def num_parameters(params: ParamStack, *, stacked: bool = True) -> int:
+    """Parameters of one model (the first row of a stack, or a single model)."""
+    return sum(t[0].numel() if stacked else t.numel() for t in params.values())
+
+
+def model_bytes(params: ParamStack, *, stacked: bool = True) -> int:
+    """Bytes one model occupies on the wire (its parameter tensors, uncompressed)."""
+    return sum((t[0] if stacked else t).numel() * t.element_size() for t in params.values())
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds x2 of one forward pass on one sample, counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    return int(counter.get_total_flops())

@@ -1,0 +1,117 @@
+"""Batched local training: one local epoch of every device is one tensor program.
+
+The parameters of D devices are a stacked dict ``{name: [D, ...]}``. A step runs
+the model over every device's mini-batch at once (``torch.func.vmap`` over
+``functional_call``) and takes the gradient of the sum of per-device mean losses:
+devices share no parameters, so that gradient is exactly each device's own.
+Unequal dataset sizes are handled by masking: device d takes ceil(n_d / B) steps
+per epoch, its last batch partial, exactly as a per-device loop would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from clients.errors import ClientsError
+from clients.fleet import FleetData
+from clients.models import ParamStack
+from clients.streams import hashed_uniform
+
+DEFAULT_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local SGD settings shared by every device. ``batch_size`` 1 is the E-Tree paper's per-sample SGD."""
+
+    lr: float = 0.02
+    local_epochs: int = 1
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ClientsError(f"train.lr: got {self.lr}; must be > 0")
+        if self.local_epochs < 1:
+            raise ClientsError(f"train.local_epochs: got {self.local_epochs}; must be >= 1")
+        if self.batch_size < 1:
+            raise ClientsError(f"train.batch_size: got {self.batch_size}; must be >= 1")
+
+
+def epoch_order(seed: int, round_index: int, epoch: int, device_ids: np.ndarray, counts: np.ndarray, capacity: int) -> np.ndarray:
+    """Each device's sample order for one epoch: a shuffle of its own rows, padding last.
+
+    The order of device d depends only on (seed, round, epoch, d), so a device
+    trains the same whichever batch, chunk or machine runs it.
+    """
+    keys = hashed_uniform(seed, round_index, epoch, device_ids[:, None], np.arange(capacity)[None, :])
+    keys[np.arange(capacity)[None, :] >= counts[:, None]] = 2.0  # padding sorts after every real sample
+    return np.argsort(keys, axis=1, kind="stable")
+
+
+def local_train(
+    model: nn.Module,
+    params: ParamStack,
+    data: FleetData,
+    device_ids: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    round_index: int,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> ParamStack:
+    """Run ``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``).
+
+    Returns new tensors; ``params`` is not modified. Devices are processed in
+    chunks of ``chunk_size`` to bound memory on large fleets.
+    """
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in params}
+    for start in range(0, len(device_ids), chunk_size):
+        ids = device_ids[start : start + chunk_size]
+        chunk = {name: t[start : start + chunk_size] for name, t in params.items()}
+        trained = _train_chunk(model, chunk, data, ids, config, seed=seed, round_index=round_index)
+        for name, tensor in trained.items():
+            out[name].append(tensor)
+    return {name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in out.items()}
+
+
+def _train_chunk(
+    model: nn.Module,
+    params: ParamStack,
+    data: FleetData,
+    ids: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    round_index: int,
+) -> ParamStack:
+    x, y, counts = data.x[ids], data.y[ids], data.counts[ids]
+    counts_np = counts.numpy()
+    capacity = max(1, int(counts_np.max(initial=0)))
+    x, y = x[:, :capacity], y[:, :capacity]
+    batch = config.batch_size
+    steps = -(-capacity // batch)
+    forward = vmap(lambda p, xb: functional_call(model, p, (xb,)))
+    rows = torch.arange(len(ids)).unsqueeze(1)
+    current = {name: t.detach().clone().requires_grad_(True) for name, t in params.items()}
+    tensors = list(current.values())
+    for epoch in range(config.local_epochs):
+        order = torch.from_numpy(epoch_order(seed, round_index, epoch, ids.numpy(), counts_np, capacity))
+        for step in range(steps):
+            positions = torch.arange(step * batch, min((step + 1) * batch, capacity))
+            valid = (positions.unsqueeze(0) < counts.unsqueeze(1)).float()  # [D, b]
+            if not bool(valid.any()):
+                break
+            index = order[:, positions]
+            logits = forward(current, x[rows, index])  # [D, b, C]
+            losses = F.cross_entropy(logits.flatten(0, 1), y[rows, index].flatten(), reduction="none")
+            per_device = (losses.view_as(valid) * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+            grads = torch.autograd.grad(per_device.sum(), tensors)
+            with torch.no_grad():  # in place: fresh multi-MB tensors per step cost page faults
+                torch._foreach_add_(tensors, grads, alpha=-config.lr)
+    return {name: t.detach() for name, t in current.items()}

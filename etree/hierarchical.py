@@ -1,0 +1,206 @@
+"""Synchronous aggregation over a tree: the round engine of E-Tree, HierFAVG, grouped and FedAvg.
+
+One round (E-Tree paper, Sec. III; the authors' ``ETreeLearningProtocol``):
+every participating device trains one local epoch; each layer-1 head averages
+its cluster (itself included); layer l >= 2 aggregates only on rounds where
+``round % prod(ratios[:l]) == 0``; the highest layer that aggregated pushes its
+model down its subtree, overwriting the models below. FedAvg is the one-layer
+tree with ratio 1 whose head is the server.
+
+Numerics are batched (segment means over the device stack); timing is a
+max-plus recursion over the tree: a head starts aggregating when its slowest
+expected child has arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from clients.models import ParamStack, replicate
+from clients.streams import hashed_uniform
+from clients.training import local_train
+from etree.aggregation import broadcast, segment_mean
+from etree.errors import ProtocolError
+from etree.network import NetworkModel
+from etree.protocol import Protocol, RoundCost, Workload
+from etree.tree import AggregationTree
+
+TreeBuilder = Callable[[Workload, NetworkModel], AggregationTree]
+
+
+class TreeProtocol(Protocol):
+    """Hierarchical synchronous aggregation over the tree that ``build_tree`` returns.
+
+    ``ratios[l]`` is how many layer-l aggregations happen per layer-(l+1) one
+    (``ratios[0]`` is local epochs per layer-1 aggregation, normally 1).
+    ``weighted`` averages by example counts instead of the paper's plain mean.
+    ``participation`` is the fraction of devices sampled to train each round.
+    ``report`` picks what ``accuracy`` means: ``"root"`` evaluates the model the
+    root would hold if it aggregated now; ``"clusters"`` the mean over the
+    layer-1 cluster models (the paper's metric for grouped aggregation).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        build_tree: TreeBuilder,
+        *,
+        ratios: Sequence[int] | None = None,
+        weighted: bool = False,
+        participation: float = 1.0,
+        report: str = "root",
+        top_aggregates: bool = True,
+    ) -> None:
+        super().__init__(label)
+        if ratios is not None and any(int(r) < 1 for r in ratios):
+            raise ProtocolError(f"protocols.{label}.ratios: got {list(ratios)}; every ratio must be >= 1")
+        if not 0 < participation <= 1:
+            raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
+        if report not in ("root", "clusters"):
+            raise ProtocolError(f"protocols.{label}.report: got {report!r}; choose 'root' or 'clusters'")
+        self._build_tree = build_tree
+        self._ratios = None if ratios is None else [int(r) for r in ratios]
+        self._weighted = weighted
+        self._participation = participation
+        self._report = report
+        self._top_aggregates = top_aggregates
+
+    # -- hooks -------------------------------------------------------------
+    def setup(self, workload: Workload) -> None:
+        self.workload = workload
+        self.network = NetworkModel(workload.graph)
+        self.tree = self._build_tree(workload, self.network)
+        ratios = self._ratios or [1] * self.tree.depth
+        if len(ratios) != self.tree.depth:
+            raise ProtocolError(
+                f"protocols.{self.label}.ratios: got {ratios} for a tree of {self.tree.depth} layer(s); "
+                f"give one ratio per layer"
+            )
+        self.period = np.cumprod(ratios)  # layer l+1 aggregates every period[l] rounds
+        self.network.prepare(int(h) for heads in self.tree.heads for h in heads)
+        self.ancestors = [torch.from_numpy(self.tree.ancestors(layer)) for layer in range(1, self.tree.depth + 1)]
+        self.params = replicate(workload.initial, workload.devices)
+        self.weights = workload.data.counts.to(torch.float32) if self._weighted else None
+
+    def run_round(self, round_index: int) -> RoundCost:
+        active = self._participants(round_index)
+        trained = local_train(
+            self.workload.model, {k: v[active] for k, v in self.params.items()}, self.workload.data,
+            active, self.workload.train, seed=self.workload.seed, round_index=round_index,
+        )
+        for name, tensor in trained.items():
+            self.params[name][active] = tensor
+        top = self._top_layer(round_index)
+        if top == 0:
+            return RoundCost(self._compute_time(active), 0, 0)
+        levels = self._aggregate(active, top)
+        pushed = broadcast(levels[top - 1], self.ancestors[top - 1])
+        self.params = {name: tensor.clone() for name, tensor in pushed.items()}
+        duration, messages = self._round_timing(active.numpy(), top)
+        events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
+        return RoundCost(duration, messages * self.workload.message_bytes, messages, events)
+
+    def evaluation_models(self) -> ParamStack:
+        if self._report == "clusters":
+            return self._aggregate(torch.arange(self.workload.devices), 1)[0]
+        return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+
+    def structure(self) -> dict[str, Any]:
+        return self.tree.to_dict()
+
+    # -- numerics ----------------------------------------------------------
+    def _participants(self, round_index: int) -> torch.Tensor:
+        devices = self.workload.devices
+        if self._participation >= 1:
+            return torch.arange(devices)
+        count = max(1, round(self._participation * devices))
+        keys = hashed_uniform(self.workload.seed, round_index, 0x5A5A, np.arange(devices))
+        return torch.from_numpy(np.sort(np.argsort(keys, kind="stable")[:count]))
+
+    def _top_layer(self, round_index: int) -> int:
+        """Highest layer that aggregates this round (0: none)."""
+        layers = int(np.sum(round_index % self.period == 0))
+        if not self._top_aggregates:
+            layers = min(layers, self.tree.depth - 1)
+        return layers
+
+    def _aggregate(self, active: torch.Tensor, top: int) -> list[ParamStack]:
+        """Models of layers 1..top aggregated from the active devices; silent clusters keep theirs."""
+        members = {k: v[active] for k, v in self.params.items()}
+        clusters = self.ancestors[0][active]
+        weights = None if self.weights is None else self.weights[active]
+        count = len(self.tree.heads[0])
+        current = segment_mean(members, clusters, count, weights)
+        heard = torch.zeros(count, dtype=torch.bool)
+        heard[clusters] = True
+        if not bool(heard.all()):  # a cluster with no participant keeps the model its devices hold
+            held = broadcast(self.params, self._first_member(0))
+            current = {k: torch.where(heard.view(-1, *[1] * (v.dim() - 1)), v, held[k]) for k, v in current.items()}
+        levels = [current]
+        sizes = torch.zeros(count).index_add_(0, clusters, weights if weights is not None else torch.ones(len(active)))
+        for level in range(1, top):
+            parent = torch.from_numpy(self.tree.parents[level])
+            above = len(self.tree.heads[level])
+            current = segment_mean(current, parent, above, sizes if self._weighted else None)
+            sizes = torch.zeros(above).index_add_(0, parent, sizes)
+            levels.append(current)
+        return levels
+
+    def _first_member(self, level: int) -> torch.Tensor:
+        """One device of each layer-(level+1) cluster, to read the model the cluster holds."""
+        ancestors = self.ancestors[level].numpy()
+        first = np.full(len(self.tree.heads[level]), -1)
+        order = np.arange(len(ancestors))[::-1]
+        first[ancestors[order]] = order
+        return torch.from_numpy(first)
+
+    # -- timing ------------------------------------------------------------
+    def _compute_time(self, active: torch.Tensor) -> float:
+        ids = active.numpy()
+        return float(self.network.compute_s(ids, self.workload.epoch_flops[ids]).max(initial=0.0))
+
+    def _round_timing(self, active: np.ndarray, top: int) -> tuple[float, int]:
+        """Duration and message count of a round whose highest aggregating layer is ``top``."""
+        size = self.workload.message_bytes
+        net, tree = self.network, self.tree
+        ready = net.compute_s(active, self.workload.epoch_flops[active])
+        cluster = tree.parents[0][active]
+        heads = tree.heads[0]
+        arrival = np.zeros(len(heads))
+        messages = 0
+        for k, head in enumerate(heads):
+            mine = active[cluster == k]
+            if len(mine):
+                arrival[k] = np.max(ready[cluster == k] + net.transfer_s(int(head), mine, size))
+                messages += int(np.sum(mine != head))
+        for level in range(1, top):  # upward: layer-level heads report to layer-(level+1) heads
+            parent = tree.parents[level]
+            children = tree.heads[level - 1]
+            above = tree.heads[level]
+            nxt = np.zeros(len(above))
+            for g, head in enumerate(above):
+                mine = np.flatnonzero(parent == g)
+                nxt[g] = np.max(arrival[mine] + net.transfer_s(int(head), children[mine], size))
+                messages += int(np.sum(children[mine] != head))
+            arrival = nxt
+        done = arrival
+        for level in range(top - 1, 0, -1):  # downward: each head forwards to its child heads
+            parent = tree.parents[level]
+            children = tree.heads[level - 1]
+            above = tree.heads[level]
+            down = np.zeros(len(children))
+            for g, head in enumerate(above):
+                mine = np.flatnonzero(parent == g)
+                down[mine] = done[g] + net.transfer_s(int(head), children[mine], size)
+                messages += int(np.sum(children[mine] != head))
+            done = down
+        finish = 0.0
+        for k, head in enumerate(heads):  # every device hears from its layer-1 head
+            mine = np.flatnonzero(tree.parents[0] == k)
+            finish = max(finish, float(np.max(done[k] + net.transfer_s(int(head), mine, size))))
+            messages += int(np.sum(mine != head))
+        return finish, messages

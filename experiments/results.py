@@ -1,0 +1,82 @@
+"""Writing a run folder: every file complete or absent, never half-written.
+
+The folder is assembled in a temporary sibling and swapped into place only
+when every file is written, so a failed run leaves the previous results of the
+same name untouched. Plots are drawn from the written files (``plots.py``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import tomli_w
+
+from etree.protocol import Record
+from experiments.runner import RunResult
+from experiments.summary import summary_markdown
+from topologies import write_graphml
+
+METRIC_COLUMNS = ("protocol", "round", "sim_time_s", "bytes_sent", "metric", "value")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def metrics_csv(records: Iterable[Record]) -> str:
+    """Long-format CSV; floats in ``repr`` form so a seed reproduces it byte for byte."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for r in records:
+        writer.writerow([r.protocol, r.round, repr(float(r.sim_time_s)), r.bytes_sent, r.metric, repr(float(r.value))])
+    return buffer.getvalue()
+
+
+def write_run(result: RunResult, out_dir: Path) -> Path:
+    """Write ``spec.toml``, ``metrics.csv``, ``tree.json``, ``topology.graphml``, ``summary.md`` and plots."""
+    from experiments.plots import plot_run
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
+    try:
+        (staging / "spec.toml").write_text(tomli_w.dumps(result.spec.to_dict()))
+        (staging / "metrics.csv").write_text(metrics_csv(result.records))
+        structure = {"partition": result.partition_summary, "protocols": result.structures}
+        (staging / "tree.json").write_text(json.dumps(structure, indent=1) + "\n")
+        write_graphml(result.graph, staging / "topology.graphml")
+        (staging / "summary.md").write_text(summary_markdown(staging))
+        plot_run(staging)
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``staging``; the old folder is removed only after the rename."""
+    if out_dir.exists():
+        retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)

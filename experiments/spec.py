@@ -1,0 +1,216 @@
+"""Experiment specs: TOML files loaded into typed, frozen config objects.
+
+Strict like nanoGPT's configurator: an unknown key or a value of the wrong type
+fails here with the dotted name of the field. Tables that configure a
+registered component (``[topology]``, ``[data]``, ``[model]``, ``[[protocols]]``)
+pass their extra keys through as that component's options; the component's
+registry checks those names before anything runs. The resolved spec is saved by
+serialising these objects (``to_dict``), never from a hand-kept field list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A spec that cannot be run; the message names the field and the rule."""
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    kind: str = "random_geometric"
+    devices: int = 100
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "digits"
+    partition: str = "pathological"
+    alpha: float = 0.5
+    classes_per_device: int = 4
+    min_partition_size: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str = "softmax"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    lr: float = 0.02
+    local_epochs: int = 1
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    name: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str = "experiment"
+    seed: int = 0
+    rounds: int = 30
+    eval_every: int = 1
+    topology: TopologySpec = field(default_factory=TopologySpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    protocols: tuple[ProtocolSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as TOML-ready data (options folded back into their tables)."""
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed, "rounds": self.rounds, "eval_every": self.eval_every}
+        for section in ("topology", "data", "model", "train"):
+            out[section] = _table(getattr(self, section))
+        out["protocols"] = [_table(p) for p in self.protocols]
+        return out
+
+
+def _table(config: Any) -> dict[str, Any]:
+    table = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "options"}
+    table.update(getattr(config, "options", {}))
+    return table
+
+
+# -- loading ------------------------------------------------------------------
+_POSITIVE = {"devices", "rounds", "eval_every", "local_epochs", "batch_size", "lr", "alpha", "classes_per_device"}
+
+
+def _typed(value: Any, expected: type, path: str) -> Any:
+    """Check one scalar against its declared type; ints are accepted where floats are."""
+    ok = (
+        isinstance(value, int) and not isinstance(value, bool)
+        if expected is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if expected is float
+        else isinstance(value, expected)
+    )
+    if not ok:
+        raise SpecError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    if expected in (int, float) and path.rsplit(".", 1)[-1] in _POSITIVE and value <= 0:
+        raise SpecError(f"{path}: got {value}; must be > 0")
+    if path.endswith("min_partition_size") and value < 0:
+        raise SpecError(f"{path}: got {value}; must be >= 0")
+    return float(value) if expected is float else value
+
+
+def _build(cls: type, table: Mapping[str, Any], path: str, *, open_options: bool) -> Any:
+    """Instantiate a section dataclass from its TOML table, checking every key."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"{path}: expected a table, got {type(table).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "options"}
+    values: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in known:
+            values[key] = _typed(value, _scalar_type(known[key].type), f"{path}.{key}")
+        elif open_options:
+            options[key] = value
+        else:
+            raise SpecError(f"{path}.{key}: unknown key; allowed: {', '.join(sorted(known))}")
+    if open_options:
+        values["options"] = options
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        missing = [n for n, f in known.items() if n not in values and f.default is dataclasses.MISSING]
+        raise SpecError(f"{path}.{missing[0] if missing else '?'}: required") from exc
+
+
+def _scalar_type(annotation: Any) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
+
+
+def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") -> Spec:
+    """Validate a parsed TOML document into a ``Spec``."""
+    sections = {"topology": TopologySpec, "data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+    scalars = {"name": str, "seed": int, "rounds": int, "eval_every": int}
+    values: dict[str, Any] = {"name": default_name}
+    for key, value in raw.items():
+        if key in scalars:
+            values[key] = _typed(value, scalars[key], key)
+            if key == "seed" and value < 0:
+                raise SpecError(f"seed: got {value}; must be >= 0")
+        elif key in sections:
+            values[key] = _build(sections[key], value, key, open_options=key != "train")
+        elif key == "protocols":
+            values[key] = _protocols(value)
+        else:
+            allowed = sorted([*scalars, *sections, "protocols"])
+            raise SpecError(f"{key}: unknown key; allowed top-level keys: {', '.join(allowed)}")
+    if not values.get("protocols"):
+        raise SpecError("protocols: at least one [[protocols]] table with a 'name' is required")
+    return Spec(**values)
+
+
+def _protocols(raw: Any) -> tuple[ProtocolSpec, ...]:
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise SpecError("protocols: expected an array of tables ([[protocols]])")
+    out: list[ProtocolSpec] = []
+    for index, table in enumerate(raw):
+        if not isinstance(table, Mapping) or "name" not in table:
+            raise SpecError(f"protocols[{index}].name: required (e.g. name = \"fedavg\")")
+        name = _typed(table["name"], str, f"protocols[{index}].name")
+        label = _typed(table.get("label", name), str, f"protocols[{index}].label")
+        if any(p.label == label for p in out):
+            raise SpecError(f"protocols[{index}].label: {label!r} is used twice; give each protocol a unique label")
+        options = {k: v for k, v in table.items() if k not in ("name", "label")}
+        out.append(ProtocolSpec(name, label, options))
+    return tuple(out)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as TOML, else kept as strings).
+
+    ``protocols.<label>.<key>`` addresses the protocol with that label (or name).
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected dotted.key=value")
+        dotted, text = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        keys = dotted.strip().split(".")
+        target: dict[str, Any] = raw
+        if keys[0] == "protocols" and len(keys) == 3:
+            matches = [p for p in raw.get("protocols", []) if p.get("label", p.get("name")) == keys[1]]
+            if not matches:
+                raise SpecError(f"--set {dotted}: no protocol labelled {keys[1]!r}")
+            matches[0][keys[2]] = value
+            continue
+        for key in keys[:-1]:
+            nested = target.setdefault(key, {})
+            if not isinstance(nested, dict):
+                raise SpecError(f"--set {dotted}: {key!r} is not a table")
+            target = nested
+        target[keys[-1]] = value
+    return raw
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override and validate a spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec: file '{path}' not found; pass a TOML spec such as experiments/default.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec: '{path}' is not valid TOML ({exc})") from exc
+    raw.setdefault("name", path.stem)
+    return spec_from_dict(apply_overrides(raw, overrides), default_name=path.stem)
