@@ -148,10 +148,27 @@ def model_bytes(params: ParamStack, *, stacked: bool = True) -> int:
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-adds x2 of one forward pass on one sample, counted by torch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs (2 x multiply-adds) of one forward pass on one sample, from the layers' shapes.
 
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    return int(counter.get_total_flops())
+    Counted with forward hooks on the layers that dominate compact models
+    (linear and convolution); torch's own FlopCounterMode would import
+    torch._dynamo, which costs seconds at start-up.
+    """
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * module.in_features * module.out_features
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+            total += 2 * kernel * output[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

@@ -7,6 +7,13 @@ its cluster (itself included); layer l >= 2 aggregates only on rounds where
 model down its subtree, overwriting the models below. FedAvg is the one-layer
 tree with ratio 1 whose head is the server.
 
+Public nodes (E-Tree paper, Fig. 5 and Algorithm 2) belong to every layer-1
+cluster: each trains once per round, its model enters every head's average
+(one duplicated row per extra cluster in the segment mean) and its messages
+to and from the other heads are counted. On the way down it takes the plain
+mean of the K cluster models (``public_merge="mean"``) or its home cluster's
+model (``"home"``); both are GUESSes, the paper does not say.
+
 Numerics are batched (segment means over the device stack); timing is a
 max-plus recursion over the tree: a head starts aggregating when its slowest
 expected child has arrived.
@@ -42,6 +49,9 @@ class TreeProtocol(Protocol):
     ``report`` picks what ``accuracy`` means: ``"root"`` evaluates the model the
     root would hold if it aggregated now; ``"clusters"`` the mean over the
     layer-1 cluster models (the paper's metric for grouped aggregation).
+    ``public_merge`` is how the tree's public nodes take the models coming
+    down (``"mean"`` of the K cluster models, or their ``"home"`` cluster's).
+    ``describe``, if given, replaces ``tree.to_dict()`` as ``structure()``.
     """
 
     def __init__(
@@ -54,6 +64,8 @@ class TreeProtocol(Protocol):
         participation: float = 1.0,
         report: str = "root",
         top_aggregates: bool = True,
+        public_merge: str = "mean",
+        describe: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(label)
         if ratios is not None and any(int(r) < 1 for r in ratios):
@@ -62,12 +74,16 @@ class TreeProtocol(Protocol):
             raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
         if report not in ("root", "clusters"):
             raise ProtocolError(f"protocols.{label}.report: got {report!r}; choose 'root' or 'clusters'")
+        if public_merge not in ("mean", "home"):
+            raise ProtocolError(f"protocols.{label}.public_merge: got {public_merge!r}; choose 'mean' or 'home'")
         self._build_tree = build_tree
         self._ratios = None if ratios is None else [int(r) for r in ratios]
         self._weighted = weighted
         self._participation = participation
         self._report = report
         self._top_aggregates = top_aggregates
+        self._public_merge = public_merge
+        self._describe = describe
 
     # -- hooks -------------------------------------------------------------
     def setup(self, workload: Workload) -> None:
@@ -85,6 +101,7 @@ class TreeProtocol(Protocol):
         self.ancestors = [torch.from_numpy(self.tree.ancestors(layer)) for layer in range(1, self.tree.depth + 1)]
         self.params = replicate(workload.initial, workload.devices)
         self.weights = workload.data.counts.to(torch.float32) if self._weighted else None
+        self._setup_public()
 
     def run_round(self, round_index: int) -> RoundCost:
         active = self._participants(round_index)
@@ -98,9 +115,20 @@ class TreeProtocol(Protocol):
         if top == 0:
             return RoundCost(self._compute_time(active), 0, 0)
         levels = self._aggregate(active, top)
-        pushed = broadcast(levels[top - 1], self.ancestors[top - 1])
-        self.params = {name: tensor.clone() for name, tensor in pushed.items()}
-        duration, messages = self._round_timing(active.numpy(), top)
+        pushed = broadcast(levels[top - 1], self.ancestors[top - 1])  # gathers: fresh tensors
+        if len(self.public) and self._public_merge == "mean" and top < self.tree.depth:
+            # each public node hears all K heads and keeps the plain mean of what they push down
+            # (after a root aggregation they all push the same model)
+            per_cluster = broadcast(levels[top - 1], self._cluster_ancestors[top - 1])
+            for name, tensor in pushed.items():
+                tensor[self.public] = per_cluster[name].mean(0)
+        self.params = pushed
+        ids = active.numpy()
+        ready = self.network.compute_s(ids, self.workload.epoch_flops[ids])
+        duration, messages = synchronous_round_timing(
+            self.tree, self.network, ready, ids, top, self.workload.message_bytes,
+            public_down=self._public_merge == "mean" and top < self.tree.depth,
+        )
         events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
         return RoundCost(duration, messages * self.workload.message_bytes, messages, events)
 
@@ -110,9 +138,37 @@ class TreeProtocol(Protocol):
         return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
 
     def structure(self) -> dict[str, Any]:
-        return self.tree.to_dict()
+        return self._describe() if self._describe is not None else self.tree.to_dict()
 
     # -- numerics ----------------------------------------------------------
+    def _setup_public(self) -> None:
+        """Rows a public node adds to the layer-1 segment mean: one per cluster other than its home."""
+        tree = self.tree
+        clusters = len(tree.heads[0])
+        self.public = torch.from_numpy(np.asarray(tree.public, dtype=np.int64))
+        home = tree.parents[0][tree.public]
+        device = np.repeat(tree.public, clusters)
+        segment = np.tile(np.arange(clusters), len(tree.public))
+        other = segment != np.repeat(home, clusters)
+        self._extra_device = torch.from_numpy(device[other])
+        self._extra_segment = torch.from_numpy(segment[other])
+        # per layer l >= 1: the index of each layer-1 cluster's layer-l ancestor
+        self._cluster_ancestors: list[torch.Tensor] = []
+        index = np.arange(clusters)
+        for level in range(tree.depth):
+            if level > 0:
+                index = tree.parents[level][index]
+            self._cluster_ancestors.append(torch.from_numpy(index))
+
+    def _member_rows(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device row and layer-1 cluster of every aggregated model: each active device once,
+        then each active public node once more per cluster other than its home."""
+        clusters = self.ancestors[0][active]
+        if not len(self.public):
+            return active, clusters
+        present = torch.isin(self._extra_device, active)
+        return torch.cat([active, self._extra_device[present]]), torch.cat([clusters, self._extra_segment[present]])
+
     def _participants(self, round_index: int) -> torch.Tensor:
         devices = self.workload.devices
         if self._participation >= 1:
@@ -130,9 +186,9 @@ class TreeProtocol(Protocol):
 
     def _aggregate(self, active: torch.Tensor, top: int) -> list[ParamStack]:
         """Models of layers 1..top aggregated from the active devices; silent clusters keep theirs."""
-        members = {k: v[active] for k, v in self.params.items()}
-        clusters = self.ancestors[0][active]
-        weights = None if self.weights is None else self.weights[active]
+        rows, clusters = self._member_rows(active)
+        members = {k: v[rows] for k, v in self.params.items()}
+        weights = None if self.weights is None else self.weights[rows]
         count = len(self.tree.heads[0])
         current = segment_mean(members, clusters, count, weights)
         heard = torch.zeros(count, dtype=torch.bool)
@@ -141,7 +197,7 @@ class TreeProtocol(Protocol):
             held = broadcast(self.params, self._first_member(0))
             current = {k: torch.where(heard.view(-1, *[1] * (v.dim() - 1)), v, held[k]) for k, v in current.items()}
         levels = [current]
-        sizes = torch.zeros(count).index_add_(0, clusters, weights if weights is not None else torch.ones(len(active)))
+        sizes = torch.zeros(count).index_add_(0, clusters, weights if weights is not None else torch.ones(len(rows)))
         for level in range(1, top):
             parent = torch.from_numpy(self.tree.parents[level])
             above = len(self.tree.heads[level])
@@ -163,44 +219,67 @@ class TreeProtocol(Protocol):
         ids = active.numpy()
         return float(self.network.compute_s(ids, self.workload.epoch_flops[ids]).max(initial=0.0))
 
-    def _round_timing(self, active: np.ndarray, top: int) -> tuple[float, int]:
-        """Duration and message count of a round whose highest aggregating layer is ``top``."""
-        size = self.workload.message_bytes
-        net, tree = self.network, self.tree
-        ready = net.compute_s(active, self.workload.epoch_flops[active])
-        cluster = tree.parents[0][active]
-        heads = tree.heads[0]
-        arrival = np.zeros(len(heads))
-        messages = 0
-        for k, head in enumerate(heads):
-            mine = active[cluster == k]
-            if len(mine):
-                arrival[k] = np.max(ready[cluster == k] + net.transfer_s(int(head), mine, size))
-                messages += int(np.sum(mine != head))
-        for level in range(1, top):  # upward: layer-level heads report to layer-(level+1) heads
-            parent = tree.parents[level]
-            children = tree.heads[level - 1]
-            above = tree.heads[level]
-            nxt = np.zeros(len(above))
-            for g, head in enumerate(above):
-                mine = np.flatnonzero(parent == g)
-                nxt[g] = np.max(arrival[mine] + net.transfer_s(int(head), children[mine], size))
-                messages += int(np.sum(children[mine] != head))
-            arrival = nxt
-        done = arrival
-        for level in range(top - 1, 0, -1):  # downward: each head forwards to its child heads
-            parent = tree.parents[level]
-            children = tree.heads[level - 1]
-            above = tree.heads[level]
-            down = np.zeros(len(children))
-            for g, head in enumerate(above):
-                mine = np.flatnonzero(parent == g)
-                down[mine] = done[g] + net.transfer_s(int(head), children[mine], size)
-                messages += int(np.sum(children[mine] != head))
-            done = down
-        finish = 0.0
-        for k, head in enumerate(heads):  # every device hears from its layer-1 head
-            mine = np.flatnonzero(tree.parents[0] == k)
-            finish = max(finish, float(np.max(done[k] + net.transfer_s(int(head), mine, size))))
+
+def synchronous_round_timing(
+    tree: AggregationTree,
+    net: NetworkModel,
+    ready: np.ndarray,
+    active: np.ndarray,
+    top: int,
+    size: int,
+    *,
+    public_down: bool = True,
+) -> tuple[float, int]:
+    """Duration and message count of one synchronous tree round (max-plus over the tree).
+
+    ``ready[i]`` is when active device ``active[i]`` finished training; a head
+    aggregates when its slowest active child has arrived; layers up to ``top``
+    aggregate, then the result travels back down to every device. An active
+    public node (``tree.public``) also sends its model to every other layer-1
+    head, and with ``public_down`` hears back from each of them.
+    """
+    cluster = tree.parents[0][active]
+    heads = tree.heads[0]
+    arrival = np.zeros(len(heads))
+    messages = 0
+    shared = np.isin(active, tree.public)
+    for k, head in enumerate(heads):
+        mine = active[cluster == k]
+        if len(mine):
+            arrival[k] = np.max(ready[cluster == k] + net.transfer_s(int(head), mine, size))
             messages += int(np.sum(mine != head))
-        return finish, messages
+        guests = shared & (cluster != k)  # public nodes whose home is another cluster
+        if guests.any():
+            arrival[k] = max(arrival[k], float(np.max(ready[guests] + net.transfer_s(int(head), active[guests], size))))
+            messages += int(guests.sum())
+    for level in range(1, top):  # upward: layer-level heads report to layer-(level+1) heads
+        parent = tree.parents[level]
+        children = tree.heads[level - 1]
+        above = tree.heads[level]
+        nxt = np.zeros(len(above))
+        for g, head in enumerate(above):
+            mine = np.flatnonzero(parent == g)
+            nxt[g] = np.max(arrival[mine] + net.transfer_s(int(head), children[mine], size))
+            messages += int(np.sum(children[mine] != head))
+        arrival = nxt
+    done = arrival
+    for level in range(top - 1, 0, -1):  # downward: each head forwards to its child heads
+        parent = tree.parents[level]
+        children = tree.heads[level - 1]
+        above = tree.heads[level]
+        down = np.zeros(len(children))
+        for g, head in enumerate(above):
+            mine = np.flatnonzero(parent == g)
+            down[mine] = done[g] + net.transfer_s(int(head), children[mine], size)
+            messages += int(np.sum(children[mine] != head))
+        done = down
+    finish = 0.0
+    for k, head in enumerate(heads):  # every device hears from its layer-1 head
+        mine = np.flatnonzero(tree.parents[0] == k)
+        finish = max(finish, float(np.max(done[k] + net.transfer_s(int(head), mine, size))))
+        messages += int(np.sum(mine != head))
+        guests = tree.public[tree.parents[0][tree.public] != k] if public_down else tree.public[:0]
+        if len(guests):
+            finish = max(finish, float(np.max(done[k] + net.transfer_s(int(head), guests, size))))
+            messages += len(guests)
+    return finish, messages

@@ -42,6 +42,7 @@ class Workload:
     seed: int  # root of the protocol-level random streams
     input_shape: tuple[int, ...]
     num_classes: int
+    rounds: int  # rounds the run will last (protocols that must plan ahead, e.g. Flower, read it)
 
     @property
     def devices(self) -> int:

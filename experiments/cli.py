@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a spec value, e.g. --set topology.devices=200 (repeatable)")
     run.add_argument("--out", type=Path, help="run folder (default: results/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    tree = commands.add_parser("tree", help="build a spec's aggregation tree, print it and draw it over the topology")
+    tree.add_argument("spec", help="TOML spec with a tree protocol (etree, grouped, hierfavg)")
+    tree.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tree.add_argument("--protocol", help="label of the protocol whose tree to show (default: the first with clusters)")
+    tree.add_argument("--out", type=Path, help="PNG path (default: results/<spec name>/tree_<label>.png)")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     return parser
@@ -61,10 +66,40 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from etree.registry import make_protocol
+    from experiments.runner import build_workload
+    from experiments.spec import load_spec
+    from experiments.tree_view import draw_tree, outline
+
+    spec = load_spec(args.spec, args.overrides)
+    workload, _, _ = build_workload(spec)
+    chosen = [p for p in spec.protocols if args.protocol in (None, p.label)]
+    if not chosen:
+        labels = ", ".join(p.label for p in spec.protocols)
+        raise SpecError(f"--protocol: no protocol labelled {args.protocol!r}; the spec has: {labels}")
+    for entry in chosen:
+        protocol = make_protocol(entry.name, entry.label, dict(entry.options))
+        protocol.setup(workload)
+        structure = protocol.structure()
+        if structure is None or (args.protocol is None and len(structure["layers"][0]["clusters"]) < 2):
+            continue
+        out = args.out or Path("results") / spec.name / f"tree_{entry.label}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Console().print(outline(structure, entry.label))
+        draw_tree(workload.graph, structure, out, title=f"{entry.label} tree over {spec.topology.kind} "
+                  f"({workload.devices} devices)")
+        print(f"wrote {out}")
+        return 0
+    raise SpecError("protocols: no protocol in this spec builds a tree with clusters (use etree, grouped or hierfavg)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args) if args.command == "run" else _plot(args)
+        return {"run": _run, "plot": _plot, "tree": _tree}[args.command](args)
     except USER_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from experiments.metrics_file import read_metrics  # noqa: E402
+from experiments.metrics_file import read_metrics
 
 AXES = (
     ("rounds", "round (one local epoch of every device)", False),

@@ -52,6 +52,7 @@ def metrics_csv(records: Iterable[Record]) -> str:
 def write_run(result: RunResult, out_dir: Path) -> Path:
     """Write ``spec.toml``, ``metrics.csv``, ``tree.json``, ``topology.graphml``, ``summary.md`` and plots."""
     from experiments.plots import plot_run
+    from experiments.tree_view import draw_tree
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,9 @@ def write_run(result: RunResult, out_dir: Path) -> Path:
         write_graphml(result.graph, staging / "topology.graphml")
         (staging / "summary.md").write_text(summary_markdown(staging))
         plot_run(staging)
+        for label, tree in result.structures.items():
+            if len(tree["layers"][0]["clusters"]) > 1:
+                draw_tree(result.graph, tree, staging / f"tree_{label}.png", title=f"{label} aggregation tree")
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

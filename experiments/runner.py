@@ -16,12 +16,12 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
+from clients.partition import partition_indices
 
 import etree  # noqa: F401  (registers protocols)
 from clients.datasets import Dataset, load_dataset
 from clients.fleet import pack_fleet
 from clients.models import build_model, init_params
-from clients.partition import partition_indices
 from clients.training import TrainConfig
 from etree.protocol import Record, Workload, run_protocol
 from etree.registry import make_protocol
@@ -72,6 +72,7 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset, list[np.ndarray]]:
         seed=seeds["training"],
         input_shape=dataset.input_shape,
         num_classes=dataset.num_classes,
+        rounds=spec.rounds,
     )
     return workload, dataset, parts
 
@@ -83,7 +84,7 @@ def run_spec(spec: Spec, on_round: RoundCallback | None = None) -> RunResult:
     result = RunResult(spec, workload.graph)
     sizes = np.array([len(p) for p in parts])
     result.partition_summary = {
-        "dataset": dataset.name, "train_samples": int(len(dataset.y_train)), "test_samples": int(len(dataset.y_test)),
+        "dataset": dataset.name, "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
         "samples_per_device": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
         "classes_per_device_mean": float(np.mean([len(np.unique(dataset.y_train[p])) for p in parts])),
     }
