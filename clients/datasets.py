@@ -1,0 +1,407 @@
+"""Datasets the simulated devices learn from, behind one registry.
+
+Every loader returns a :class:`Dataset` of float32 features and int64 labels.
+Three run offline (``digits`` from scikit-learn, ``mnist1d`` regenerated
+procedurally, LEAF's ``synthetic``); ``mnist``, ``fashion_mnist``, ``cifar10``
+and the E-Tree paper's ``uci_har`` need one download, then come from the cache
+(see :mod:`clients.online`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import random
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clients.errors import ClientsError
+
+Loader = Callable[..., "Dataset"]
+
+DATASETS: dict[str, Loader] = {}
+
+#: Seeds reach numpy's legacy and scikit-learn's generators, which take 32 bits.
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled train/test split; ``natural_groups`` names each training sample's owner.
+
+    ``natural_groups`` is set only for data that comes split over devices (LEAF's
+    synthetic users, UCI HAR's volunteers): owner ids are 0..G-1, and the
+    ``natural`` partition hands group d to device d.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    natural_groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        where = f"data.dataset: {self.name!r}"
+        for part, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+            if x.dtype != np.float32 or x.ndim < 2:
+                raise ClientsError(
+                    f"{where} x_{part} must be float32 [n, *input_shape], got {x.dtype} {x.shape}"
+                )
+            if y.dtype != np.int64 or y.shape != x.shape[:1]:
+                raise ClientsError(
+                    f"{where} y_{part} must be int64 [{x.shape[0]}], got {y.dtype} {y.shape}"
+                )
+            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ClientsError(
+                    f"{where} y_{part} holds labels outside 0..{self.num_classes - 1}"
+                )
+        if self.num_classes < 2:
+            raise ClientsError(f"{where} has num_classes={self.num_classes}; needs at least 2")
+        if len(self.x_train) == 0:
+            raise ClientsError(f"{where} has no training samples")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ClientsError(
+                f"{where} train samples {self.x_train.shape[1:]} and test samples "
+                f"{self.x_test.shape[1:]} differ in shape"
+            )
+        groups = self.natural_groups
+        if groups is not None and (
+            groups.dtype != np.int64 or groups.shape != self.y_train.shape or groups.min() < 0
+        ):
+            raise ClientsError(
+                f"{where} natural_groups must be non-negative int64 [{len(self.y_train)}], "
+                f"got {groups.dtype} {groups.shape}"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. ``(64,)`` for digits or ``(1, 28, 28)`` for MNIST."""
+        return tuple(int(s) for s in self.x_train.shape[1:])
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Add a loader ``fn(*, seed, devices, **options) -> Dataset``; a name is taken once."""
+
+    def add(loader: Loader) -> Loader:
+        if name in DATASETS:
+            raise ClientsError(f"data.dataset: {name!r} is already registered")
+        DATASETS[name] = loader
+        return loader
+
+    return add
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+    """The options a dataset accepts, with their defaults (for help text and spec checks)."""
+    if name not in DATASETS:
+        raise ClientsError(
+            f"data.dataset: unknown {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
+        )
+    params = inspect.signature(DATASETS[name]).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("seed", "devices")
+    }
+
+
+def load_dataset(name: str, *, seed: int, devices: int, **options: Any) -> Dataset:
+    """Build dataset ``name`` after checking the name and every option against its loader."""
+    valid = dataset_options(name)
+    for option in sorted(options):
+        if option not in valid:
+            allowed = ", ".join(sorted(valid)) or "none"
+            raise ClientsError(
+                f"data.{option}: unknown option for dataset {name!r}; valid options: {allowed}"
+            )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
+        raise ClientsError(f"seed: {seed!r} must be an integer in [0, {MAX_SEED}]")
+    if isinstance(devices, bool) or not isinstance(devices, int | np.integer) or devices < 1:
+        raise ClientsError(f"devices: {devices!r} must be an integer >= 1")
+    return DATASETS[name](seed=int(seed), devices=int(devices), **options)
+
+
+# ---------------------------------------------------------------------------
+# option checks shared by the loaders
+
+
+def check_int(field: str, value: Any, low: int) -> int:
+    """An integer option at least ``low`` (booleans refused: TOML ``true`` is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ClientsError(f"{field}: {value!r} must be an integer >= {low}")
+    return int(value)
+
+
+def check_float(field: str, value: Any, low: float, high: float, *, open_low: bool = False,
+                open_high: bool = False) -> float:
+    """A real option inside [low, high], each end optionally open."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ClientsError(f"{field}: {value!r} must be a number")
+    v = float(value)
+    too_low = v <= low if open_low else v < low
+    too_high = v >= high if open_high else v > high
+    if not np.isfinite(v) or too_low or too_high:
+        left, right = "(" if open_low else "[", ")" if open_high else "]"
+        raise ClientsError(f"{field}: {value!r} is out of range; must be in {left}{low}, {high}{right}")
+    return v
+
+
+# ---------------------------------------------------------------------------
+# the on-disk cache
+
+
+def cache_dir() -> Path:
+    """Where generated and downloaded data is kept: ``$ETREE_CACHE`` or ``~/.cache/etree``."""
+    return Path(os.environ.get("ETREE_CACHE") or Path.home() / ".cache" / "etree")
+
+
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Arrays ``keys`` from a cache file, or None when it is missing or unreadable (regenerate)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in keys}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write a cache file atomically, so a killed run never leaves half a file under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        named: dict[str, Any] = dict(arrays)  # (numpy's stubs type **kwds like allow_pickle)
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **named)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# offline loaders
+
+
+@register_dataset("digits")
+def load_digits(*, seed: int, devices: int, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 samples), flat [64] in [0, 1], stratified split.
+
+    ``devices`` is unused: the split does not depend on the fleet.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    fraction = check_float("data.test_fraction", test_fraction, 0.0, 1.0, open_low=True, open_high=True)
+    x, y = sk_load_digits(return_X_y=True)
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            (x / 16.0).astype(np.float32), y.astype(np.int64),
+            test_size=fraction, stratify=y, random_state=seed,
+        )
+    except ValueError as exc:  # too few test samples to hold every class
+        raise ClientsError(
+            f"data.test_fraction: {test_fraction!r} cannot give a stratified split of "
+            f"{len(y)} samples ({exc})"
+        ) from None
+    return Dataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
+
+
+@register_dataset("mnist1d")
+def load_mnist1d(*, seed: int, devices: int, num_samples: int = 5000) -> Dataset:
+    """MNIST-1D (Greydanus & Kobak, 2020), regenerated offline: 40 features, 10 classes.
+
+    ``mnist1d.data.make_dataset`` builds the published benchmark procedurally
+    (seed 42 and 5000 samples give the standard 4000/1000 split); we never call
+    its ``get_dataset``, which downloads. Generation costs seconds, so the arrays
+    are cached, keyed by every generator argument. ``devices`` is unused.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()  # the standard generator settings, as an attribute view
+    args.num_samples = check_int("data.num_samples", num_samples, 10)
+    args.seed = seed
+    settings = {k: v for k, v in vars(args).items() if k != "url"}  # url: get_dataset's download
+    key = json.dumps({"args": settings, "version": metadata.version("mnist1d")}, sort_keys=True)
+    path = cache_dir() / "mnist1d" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    keys = ("x", "y", "x_test", "y_test")
+    arrays = read_npz(path, keys)
+    if arrays is None:
+        # make_dataset reseeds numpy's and Python's global generators; restore them
+        # so building data never changes the caller's random numbers.
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            made = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        arrays = {k: np.asarray(made[k]) for k in keys}
+        write_npz(path, arrays)
+    return Dataset(
+        "mnist1d",
+        arrays["x"].astype(np.float32), arrays["y"].astype(np.int64),
+        arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64),
+        num_classes=10,
+    )
+
+
+# LEAF synthetic: devices of one size are generated in blocks of about this many
+# samples, each block from its own seed stream, so blocks can run on threads and
+# the data does not depend on how many threads there are.
+_SYNTHETIC_BLOCK_SAMPLES = 1 << 17
+
+
+@register_dataset("synthetic")
+def load_synthetic(
+    *,
+    seed: int,
+    devices: int,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    features: int = 60,
+    classes: int = 10,
+    samples_per_device: int = 50,
+    samples_sigma: float = 0.0,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    """LEAF's synthetic(alpha, beta) (Li et al., "Federated Optimization in Heterogeneous Networks", 2020).
+
+    Device k draws u_k ~ N(0, alpha), W_k ~ N(u_k, 1) [features x classes],
+    b_k ~ N(u_k, 1); B_k ~ N(0, beta), v_k ~ N(B_k, 1); its samples are
+    x ~ N(v_k, Sigma) with Sigma_jj = j^-1.2 and y = argmax(W_k^T x + b_k)
+    (the paper's argmax of the softmax). alpha sets how much the devices' models
+    differ, beta how much their inputs differ. As in LEAF's code, alpha and beta
+    are standard deviations (the paper's N(0, alpha) leaves that open).
+
+    Device sizes: ``samples_per_device`` each when ``samples_sigma`` is 0, else
+    lognormal with that median (LEAF draws lognormal(4, 2) + 50, far too many
+    for large fleets). Each device keeps ``round(test_fraction * n)`` samples
+    for the pooled test set (at least one stays for training);
+    ``natural_groups`` gives the device of each training sample.
+
+    Vectorised over devices: devices of equal size are generated together as
+    one batched matmul, so 100,000 devices take seconds (mostly drawing the
+    normal inputs, which blocks spread over threads).
+    """
+    check_float("data.alpha", alpha, 0.0, np.inf)
+    check_float("data.beta", beta, 0.0, np.inf)
+    n_features = check_int("data.features", features, 1)
+    n_classes = check_int("data.classes", classes, 2)
+    median = check_int("data.samples_per_device", samples_per_device, 1)
+    sigma = check_float("data.samples_sigma", samples_sigma, 0.0, 10.0)
+    fraction = check_float("data.test_fraction", test_fraction, 0.0, 1.0, open_high=True)
+
+    root = np.random.SeedSequence(seed)
+    rng = np.random.default_rng(root.spawn(1)[0])  # device-level draws
+    u = rng.normal(0.0, alpha, devices).astype(np.float32)  # mean of W_k and b_k
+    big_b = rng.normal(0.0, beta, devices)  # mean of v_k
+    v = (big_b[:, None] + rng.standard_normal((devices, n_features))).astype(np.float32)
+    if sigma > 0:
+        sizes = np.maximum(1, np.rint(median * rng.lognormal(0.0, sigma, devices))).astype(np.int64)
+    else:
+        sizes = np.full(devices, median, dtype=np.int64)
+    n_test = np.minimum(np.rint(fraction * sizes).astype(np.int64), sizes - 1)
+    if n_test.sum() == 0:
+        raise ClientsError(
+            f"data.test_fraction: {test_fraction!r} leaves no test samples with "
+            f"{median} samples per device; raise it or data.samples_per_device"
+        )
+    n_train = sizes - n_test
+    sd = (np.arange(1, n_features + 1, dtype=np.float64) ** -0.6).astype(np.float32)  # sqrt(j^-1.2)
+
+    x_train = np.empty((int(n_train.sum()), n_features), dtype=np.float32)
+    y_train = np.empty(len(x_train), dtype=np.int64)
+    groups = np.empty(len(x_train), dtype=np.int64)
+    x_test = np.empty((int(n_test.sum()), n_features), dtype=np.float32)
+    y_test = np.empty(len(x_test), dtype=np.int64)
+
+    blocks: list[tuple[np.ndarray, int, int]] = []  # (device ids, first train row, first test row)
+    at_train = at_test = 0
+    for size in np.unique(sizes):  # one pass per distinct size, never one per device
+        same = np.flatnonzero(sizes == size)
+        step = max(1, _SYNTHETIC_BLOCK_SAMPLES // int(size))
+        for start in range(0, len(same), step):
+            ids = same[start : start + step]
+            blocks.append((ids, at_train, at_test))
+            at_train += len(ids) * int(n_train[ids[0]])
+            at_test += len(ids) * int(n_test[ids[0]])
+    block_seeds = root.spawn(len(blocks))  # continues after the device-level child
+
+    def fill(block: int) -> None:
+        ids, first_train, first_test = blocks[block]
+        block_rng = np.random.default_rng(block_seeds[block])
+        w = block_rng.standard_normal((len(ids), n_features, n_classes), dtype=np.float32)
+        w += u[ids, None, None]
+        b = block_rng.standard_normal((len(ids), 1, n_classes), dtype=np.float32)
+        b += u[ids, None, None]
+        for x_all, y_all, first, k in (
+            (x_train, y_train, first_train, int(n_train[ids[0]])),
+            (x_test, y_test, first_test, int(n_test[ids[0]])),
+        ):
+            rows = slice(first, first + len(ids) * k)
+            x = x_all[rows].reshape(len(ids), k, n_features)  # a view: drawn in place
+            block_rng.standard_normal(out=x, dtype=np.float32)
+            x *= sd
+            x += v[ids, None, :]
+            y_all[rows] = np.argmax(np.matmul(x, w) + b, axis=2).reshape(-1)
+        groups[first_train : first_train + len(ids) * int(n_train[ids[0]])] = np.repeat(
+            ids, int(n_train[ids[0]])
+        )
+
+    # numpy's generators and matmul release the GIL, so threads use every core.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(len(blocks))))
+    return Dataset(
+        "synthetic", x_train, y_train, x_test, y_test, num_classes=n_classes, natural_groups=groups
+    )
+
+
+# ---------------------------------------------------------------------------
+# online loaders: a download once, then the cache (the work lives in clients.online)
+
+
+@register_dataset("mnist")
+def load_mnist(*, seed: int, devices: int) -> Dataset:
+    """MNIST (LeCun et al., 1998) from the Hugging Face hub, images [1, 28, 28] in [0, 1]."""
+    from clients.online import load_hf_images
+
+    return load_hf_images("mnist")
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(*, seed: int, devices: int) -> Dataset:
+    """Fashion-MNIST (Xiao et al., 2017) from the Hugging Face hub, images [1, 28, 28]."""
+    from clients.online import load_hf_images
+
+    return load_hf_images("fashion_mnist")
+
+
+@register_dataset("cifar10")
+def load_cifar10(*, seed: int, devices: int) -> Dataset:
+    """CIFAR-10 (Krizhevsky, 2009) from the Hugging Face hub, images [3, 32, 32] in [0, 1]."""
+    from clients.online import load_hf_images
+
+    return load_hf_images("cifar10")
+
+
+@register_dataset("uci_har")
+def load_uci_har(*, seed: int, devices: int) -> Dataset:
+    """UCI HAR (Anguita et al., 2013), the E-Tree paper's data: 561 features, 6 activities.
+
+    ``natural_groups`` are the 21 training volunteers, so ``natural`` gives each
+    device one person's recordings.
+    """
+    from clients.online import load_uci_har_zip
+
+    return load_uci_har_zip()
