@@ -27,7 +27,7 @@ import numpy as np
 from clients.datasets import check_int
 from clients.errors import ClientsError
 
-SCHEMES = ("dirichlet", "iid", "natural", "pathological")
+SCHEMES = ("dirichlet", "iid", "natural", "pathological", "spatial")
 
 #: Largest fleet handed to flwr-datasets; larger ones use the numpy mirror.
 LIBRARY_MAX_DEVICES = 1000
@@ -48,6 +48,7 @@ def partition_indices(
     classes_per_device: int = 2,
     min_partition_size: int = 1,
     natural_groups: np.ndarray | None = None,
+    coordinates: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` over ``devices`` devices.
 
@@ -58,7 +59,11 @@ def partition_indices(
     fewer than ``min_partition_size``; ``pathological`` gives every device exactly
     ``classes_per_device`` classes (McMahan et al., 2017; Li et al., 2021), each
     class cut into equal slices; ``natural`` gives device d the d-th group of
-    ``natural_groups``.
+    ``natural_groups``; ``spatial`` is label skew correlated with place: devices
+    ordered by their angle around the centre of ``coordinates`` (their [x, y]
+    positions) take ``classes_per_device`` consecutive classes starting at
+    floor(rank * C / devices), so neighbours hold similar classes, as devices of
+    one region would (used to show what KMA's accuracy term buys).
 
     Pathological runs in the library's ``deterministic`` mode: device d takes
     classes d, d+1, ..., d+k-1 (mod C), so class loads differ by at most k
@@ -90,6 +95,8 @@ def partition_indices(
 
     if scheme == "natural":
         owner = _natural_owner(natural_groups, n, devices)
+    elif scheme == "spatial":
+        owner = _spatial_owner(labels, devices, coordinates, k=k, seed=seed)
     else:
         owner = _seeded_owner(
             labels, devices, scheme=scheme, seed=seed, alpha=float(alpha), k=k, min_size=min_size
@@ -147,6 +154,31 @@ def _natural_owner(groups: np.ndarray | None, n: int, devices: int) -> np.ndarra
             f"set the number of devices to {len(ids)}"
         )
     return owner.reshape(-1).astype(np.int64)
+
+
+def _spatial_owner(
+    labels: np.ndarray, devices: int, coordinates: np.ndarray | None, *, k: int, seed: int
+) -> np.ndarray:
+    """Owner of every sample when classes follow the devices' angular position (see ``partition_indices``)."""
+    if coordinates is None or np.shape(coordinates) != (devices, 2):
+        raise ClientsError("data.partition: 'spatial' needs the devices' [x, y] positions from the topology")
+    classes, ranks = np.unique(labels, return_inverse=True)
+    if k > len(classes):
+        raise ClientsError(f"data.classes_per_device: {k} is more than the {len(classes)} classes in the data")
+    rng = np.random.default_rng(seed)
+    seen = rng.permutation(len(classes))[ranks.reshape(-1)]  # seeded relabelling of the classes
+    centre = coordinates.mean(0)
+    angle = np.arctan2(coordinates[:, 1] - centre[1], coordinates[:, 0] - centre[0])
+    rank = np.argsort(np.argsort(angle, kind="stable"), kind="stable")
+    start = rank * len(classes) // devices
+    owner = np.full(len(labels), -1, dtype=np.int64)
+    order = rng.permutation(len(labels))
+    for c in range(len(classes)):
+        holders = np.flatnonzero((c - start) % len(classes) < k)
+        rows = order[seen[order] == c]
+        if len(holders):
+            owner[rows] = np.repeat(holders, _even_sizes(len(rows), len(holders)))
+    return owner
 
 
 def _class_loads(devices: int, num_classes: int, k: int) -> np.ndarray:

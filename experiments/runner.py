@@ -59,6 +59,7 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset, list[np.ndarray]]:
         dataset.y_train, devices, scheme=spec.data.partition, seed=seeds["data"], alpha=spec.data.alpha,
         classes_per_device=spec.data.classes_per_device, min_partition_size=spec.data.min_partition_size,
         natural_groups=dataset.natural_groups,
+        coordinates=np.array([graph.nodes[d]["pos"] for d in range(devices)], dtype=np.float64),
     )
     model = build_model(spec.model.kind, dataset.input_shape, dataset.num_classes, **spec.model.options)
     workload = Workload(

@@ -204,3 +204,23 @@ def test_natural_group_count_must_match_devices() -> None:
 def test_labels_must_be_integers() -> None:
     with pytest.raises(ClientsError, match="labels must be a non-empty 1-D integer array"):
         partition_indices(np.zeros(5), 2, scheme="iid", seed=0)
+
+
+def test_spatial_partition_gives_neighbours_similar_classes():
+    """Devices close in angle share classes; far apart ones mostly do not."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 4000)
+    angle = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    coordinates = np.stack([0.5 + 0.4 * np.cos(angle), 0.5 + 0.4 * np.sin(angle)], axis=1)
+    parts = partition_indices(labels, 40, scheme="spatial", seed=1, classes_per_device=3, coordinates=coordinates)
+    held = [set(np.unique(labels[p]).tolist()) for p in parts]
+    assert all(len(h) == 3 for h in held)
+    neighbours = np.mean([len(held[d] & held[(d + 1) % 40]) for d in range(40)])
+    opposite = np.mean([len(held[d] & held[(d + 20) % 40]) for d in range(40)])
+    assert neighbours > 2 and opposite < 1
+    assert len(np.unique(np.concatenate(parts))) == sum(len(p) for p in parts)
+
+
+def test_spatial_partition_needs_positions():
+    with pytest.raises(ClientsError, match="spatial"):
+        partition_indices(np.arange(100) % 5, 10, scheme="spatial", seed=0, classes_per_device=2)
