@@ -84,7 +84,9 @@ def _tree(args: argparse.Namespace) -> int:
         protocol = make_protocol(entry.name, entry.label, dict(entry.options))
         protocol.setup(workload)
         structure = protocol.structure()
-        if structure is None or (args.protocol is None and len(structure["layers"][0]["clusters"]) < 2):
+        if structure is None or "layers" not in structure or (
+            args.protocol is None and len(structure["layers"][0]["clusters"]) < 2
+        ):
             continue
         out = args.out or Path("results") / spec.name / f"tree_{entry.label}.png"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import matplotlib
@@ -41,8 +42,14 @@ def plot_run(run_dir: Path) -> Path:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(title="protocol", fontsize=8)
-    figure.suptitle(f"Convergence — {run_dir.name}")
+    figure.suptitle(f"Convergence — {run_name(run_dir)}")
     return save_figure(figure, run_dir / "convergence.png")
+
+
+def run_name(run_dir: Path) -> str:
+    """The spec's name (the folder may still be a staging folder while it is written)."""
+    spec = run_dir / "spec.toml"
+    return str(tomllib.loads(spec.read_text()).get("name", run_dir.name)) if spec.is_file() else run_dir.name
 
 
 def save_figure(figure: plt.Figure, path: Path) -> Path:

@@ -66,7 +66,7 @@ def write_run(result: RunResult, out_dir: Path) -> Path:
         (staging / "summary.md").write_text(summary_markdown(staging))
         plot_run(staging)
         for label, tree in result.structures.items():
-            if len(tree["layers"][0]["clusters"]) > 1:
+            if "layers" in tree and len(tree["layers"][0]["clusters"]) > 1:
                 draw_tree(result.graph, tree, staging / f"tree_{label}.png", title=f"{label} aggregation tree")
         _swap_into_place(staging, out_dir)
     except BaseException:
