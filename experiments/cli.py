@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     tree.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tree.add_argument("--protocol", help="label of the protocol whose tree to show (default: the first with clusters)")
     tree.add_argument("--out", type=Path, help="PNG path (default: results/<spec name>/tree_<label>.png)")
+    table3 = commands.add_parser("table3", help="run the E-Tree paper's Table 3 (IID and non-IID, several seeds)")
+    table3.add_argument("spec", nargs="?", default=str(Path(__file__).with_name("paper_table3.toml")))
+    table3.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
+    table3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    table3.add_argument("--out", type=Path, default=Path("results") / "paper_table3")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     return parser
@@ -98,10 +103,21 @@ def _tree(args: argparse.Namespace) -> int:
     raise SpecError("protocols: no protocol in this spec builds a tree with clusters (use etree, grouped or hierfavg)")
 
 
+def _table3(args: argparse.Namespace) -> int:
+    from experiments.paper_table3 import run_table3
+
+    if args.seeds < 1:
+        raise SpecError(f"--seeds: got {args.seeds}; must be >= 1")
+    run_table3(Path(args.spec), args.out, seeds=args.seeds, overrides=args.overrides,
+               on_run=lambda setting, seed: print(f"running {setting}, seed {seed}", file=sys.stderr))
+    print((args.out / "summary.md").read_text())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "plot": _plot, "tree": _tree}[args.command](args)
+        return {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3}[args.command](args)
     except USER_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -1,0 +1,223 @@
+"""The Flower baseline agrees with in-engine FedAvg, stays on loopback and cleans up after itself.
+
+Each Flower run starts Ray (15-30 s on 2 CPUs), so the runs are few and shared:
+one weighted full-participation run, one unweighted run with half the devices
+sampled per round, and one traced subprocess run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+import topologies
+from clients.fleet import pack_fleet
+from clients.models import ParamStack, build_model, init_params
+from clients.training import TrainConfig
+from etree import ProtocolError, Record, Workload, make_protocol, run_protocol
+from etree.flower_fedavg import GUEST_ENVIRONMENT, FlowerFedAvg, participants
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK_SCRIPT = ROOT / "benchmarks" / "check_no_outbound.py"
+DEVICES, ROUNDS = 8, 3
+
+
+def _workload() -> Workload:
+    """Digits split by numpy into 8 devices of unequal size (so weighting matters), 3 rounds."""
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(x))
+    test, train = order[:400], order[400:]
+    parts = np.array_split(train[: 60 * DEVICES], DEVICES)
+    parts = [np.sort(p[: 20 + 5 * d]) for d, p in enumerate(parts)]  # 20..55 samples
+    model = build_model("softmax", (64,), 10)
+    return Workload(
+        model=model, initial=init_params(model, 1), data=pack_fleet(x, y, parts),
+        x_test=torch.from_numpy(x[test]), y_test=torch.from_numpy(y[test]),
+        graph=topologies.build_topology("random_geometric", DEVICES, seed=0),
+        train=TrainConfig(lr=0.1, local_epochs=1, batch_size=8), seed=7,
+        input_shape=(64,), num_classes=10, rounds=ROUNDS,
+    )
+
+
+def _drive(name: str, options: dict[str, Any], workload: Workload):
+    """Run a protocol through ``run_protocol``; keep its records and its global model after every round."""
+    protocol = make_protocol(name, name, options)
+    records: list[Record] = []
+    models: dict[int, ParamStack] = {}
+    for record in run_protocol(protocol, workload, rounds=ROUNDS, eval_every=1):
+        if record.round not in models:  # the first record of a snapshot: the protocol holds that round's model
+            models[record.round] = {k: v.clone() for k, v in protocol.evaluation_models().items()}
+        records.append(record)
+    return protocol, records, models
+
+
+@cache
+def _pair(weighted: bool, participation: float):
+    """Flower and in-engine FedAvg with the same options on the same workload (run once per module)."""
+    workload = _workload()
+    options: dict[str, Any] = {"weighted": weighted, "participation": participation}
+    started = time.perf_counter()
+    flower = _drive("flower", options, workload)
+    flower_s = time.perf_counter() - started
+    return workload, flower, _drive("fedavg", options, workload), flower_s
+
+
+@pytest.mark.parametrize(("weighted", "participation"), [(True, 1.0), (False, 0.5)])
+def test_flower_matches_in_engine_fedavg(weighted, participation):
+    workload, (protocol, flower_records, flower_models), (_, engine_records, engine_models), _ = _pair(
+        weighted, participation
+    )
+    assert isinstance(protocol, FlowerFedAvg)
+    assert sorted(flower_models) == sorted(engine_models) == list(range(ROUNDS + 1))
+    worst = 0.0
+    for round_index in range(ROUNDS + 1):
+        a, b = flower_models[round_index], engine_models[round_index]
+        assert a.keys() == b.keys()
+        diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert diff < 1e-4, f"round {round_index}: Flower and in-engine global models differ by {diff}"
+        worst = max(worst, diff)
+    moved = max((flower_models[ROUNDS][k][0] - workload.initial[k]).abs().max().item() for k in workload.initial)
+    assert moved > 1e-2  # training really moved the model, so agreement is not trivial
+    print(f"\nweighted={weighted} participation={participation}: max |param diff| over rounds = {worst:.2e}")
+
+    assert len(flower_records) == len(engine_records)
+    one_sample = 1.0 / len(workload.y_test)  # a model 1e-7 away can flip only a sample on a decision boundary
+    for f, e in zip(flower_records, engine_records, strict=True):
+        assert (f.round, f.metric) == (e.round, e.metric)
+        assert (f.sim_time_s, f.bytes_sent) == (e.sim_time_s, e.bytes_sent)  # same cost model, same numbers
+        tolerance = one_sample if f.metric == "accuracy" else 1e-5
+        assert abs(f.value - e.value) <= tolerance, (f, e)
+
+    # Flower trained exactly the devices the in-engine FedAvg sampled, every round.
+    for round_index, trained in enumerate(protocol.run.trained, start=1):
+        assert trained == participants(workload.seed, round_index, DEVICES, participation).tolist()
+    if participation < 1:
+        assert len(protocol.run.trained[0]) == round(participation * DEVICES)
+
+
+def _ray_leftovers(session_dir: str) -> list[str]:
+    """Live processes of that Ray session: carrying its folder in their command line, or Ray
+    workers (``ray::...``) and daemons descending from this process. Zombies are dead, not counted."""
+    session = os.path.basename(session_dir)
+    ray_names = ("ray::", "gcs_server", "raylet", "dashboard.py", "log_monitor.py", "monitor.py")
+    parents: dict[int, int] = {}
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # exited while we looked
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state == "Z":
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(ppid)
+        if session in cmdline or any(name in cmdline for name in ray_names):
+            found[pid] = cmdline
+    me = os.getpid()
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == me:
+                return True
+        return False
+
+    return [f"{pid}: {cmd[:120]}" for pid, cmd in sorted(found.items()) if session in cmd or descends(pid)]
+
+
+def test_flower_run_leaves_no_ray_process_and_restores_environment():
+    before = {name: os.environ.get(name) for name in GUEST_ENVIRONMENT}
+    _, (protocol, _, _), _, flower_s = _pair(True, 1.0)
+    import ray
+
+    assert not ray.is_initialized()
+    assert {name: os.environ.get(name) for name in GUEST_ENVIRONMENT} == before
+    deadline = time.monotonic() + 15
+    while (left := _ray_leftovers(protocol.run.ray_session_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)  # processes told to stop may take a moment to exit
+    assert not left, "Ray processes left behind:\n" + "\n".join(left)
+    print(f"\nflower setup (Ray start + {ROUNDS} rounds + shutdown): {flower_s:.1f} s; "
+          f"run_simulation alone {protocol.run.wall_s:.1f} s")
+
+
+def test_no_outbound_connection():
+    """Every IP connect of a small Flower run, in every process it starts, goes to loopback."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is not installed: install it (apt-get install -y strace) to check Flower stays offline")
+    done = subprocess.run([sys.executable, str(CHECK_SCRIPT)], capture_output=True, text=True, check=False,
+                          cwd=ROOT, timeout=300)
+    print(done.stdout)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
+    assert "only loopback: OK" in done.stdout
+
+
+def _check_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_no_outbound", CHECK_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_connect_parser_flags_everything_outside_loopback():
+    trace = "\n".join([
+        '101 connect(7, {sa_family=AF_INET, sin_port=htons(6379), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+        '101 connect(8, {sa_family=AF_INET6, sin6_port=htons(5), sin6_flowinfo=htonl(0), '
+        'inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr), sin6_scope_id=0}, 28) = -1 EINPROGRESS',
+        '102 connect(3, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
+        '103 connect(23, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("169.254.169.254")}, 16 '
+        '<unfinished ...>',
+        '104 connect(6, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("8.8.8.8")}, 16) = 0',
+        '105 connect(9, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), '
+        'inet_pton(AF_INET6, "2001:db8::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
+        '106 connect(4, {sa_family=AF_INET6, sin6_port=htons(9), sin6_flowinfo=htonl(0), '
+        'inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
+        '107 connect(5, {sa_family=AF_INET, sin_port=htons(1), somethingnew}, 16) = 0',
+        '108 <... connect resumed>)            = 0',
+    ])
+    connects, unread = _check_script().parse_connects(trace)
+    outside = sorted(c.address for c in connects if not c.loopback)
+    assert outside == ["169.254.169.254", "2001:db8::1", "8.8.8.8"]
+    assert len(connects) == 6
+    assert len(unread) == 1 and "somethingnew" in unread[0]  # never silently skipped
+
+
+def test_ray_start_failure_is_one_protocol_error_line(monkeypatch):
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Failed to start the GCS server.\nSee /tmp/ray/session_x/logs for details")
+
+    before = {name: os.environ.get(name) for name in GUEST_ENVIRONMENT}
+    monkeypatch.setattr(ray, "init", refuse)
+    protocol = make_protocol("flower", "baseline", {})
+    with pytest.raises(ProtocolError) as caught:
+        protocol.setup(_workload())
+    message = str(caught.value)
+    assert message.startswith("protocols.baseline: Flower's Ray backend could not start (Failed to start the GCS")
+    assert "\n" not in message
+    assert {name: os.environ.get(name) for name in GUEST_ENVIRONMENT} == before
+
+
+def test_bad_participation_is_refused_before_anything_starts():
+    with pytest.raises(ProtocolError, match=r"protocols.fl.participation: got 0"):
+        make_protocol("flower", "fl", {"participation": 0})
