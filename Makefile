@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test setup lint
+.PHONY: run test setup lint system-deps
 
 $(BIN)/etree: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ setup: $(BIN)/etree
 run: setup
 	$(BIN)/etree run experiments/default.toml
 
-test: setup
+# strace lets the test suite prove that a Flower run connects to loopback only.
+system-deps:
+	@command -v strace >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq strace >/dev/null) \
+		|| echo "warning: could not install strace (apt-get install strace); the no-outbound test will fail"
+
+test: setup system-deps lint
 	$(BIN)/python -m pytest
 
 lint: setup

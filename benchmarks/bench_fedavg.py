@@ -82,8 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)  # benchmark script, not library code: only the loop's shuffles use it
     config = TrainConfig(lr=0.05, local_epochs=1, batch_size=args.batch_size)
-    table = Table(title=f"FedAvg client-rounds/s (batch size {args.batch_size}, {SAMPLES} samples/device, "
-                        f"{torch.get_num_threads()} threads)")
+    table = Table(
+        title=f"FedAvg client-rounds/s (batch size {args.batch_size}, {SAMPLES} samples/device, "
+        f"{torch.get_num_threads()} threads)"
+    )
     for column in ("model", "devices", "batched cr/s", "loop cr/s", "loop timed on", "speed-up"):
         table.add_column(column, justify="right")
     for kind in ("softmax", "mlp"):
@@ -91,7 +93,9 @@ def main() -> None:
             batched_rate(kind, min(devices, 50), config, 1)  # warm-up
             fast = batched_rate(kind, devices, config, args.rounds)
             slow, measured = loop_rate(kind, devices, config, 1 if devices > 100 else args.rounds)
-            table.add_row(kind, f"{devices:,}", f"{fast:,.0f}", f"{slow:,.0f}", f"{measured} devices", f"{fast / slow:.0f}x")
+            table.add_row(
+                kind, f"{devices:,}", f"{fast:,.0f}", f"{slow:,.0f}", f"{measured} devices", f"{fast / slow:.0f}x"
+            )
     Console().print(table)
 
 

@@ -36,8 +36,16 @@ def main() -> None:
     args = parser.parse_args()
     groups = args.groups or [args.clusters, max(1, args.clusters // 10), 1]
     table = Table(title=f"E-Tree build on random_geometric, groups {groups}")
-    for column in ("devices", "clustering", "topology s", "tree build s", "layer-0 iterations", "converged",
-                   "public nodes", "peak RSS MB"):
+    for column in (
+        "devices",
+        "clustering",
+        "topology s",
+        "tree build s",
+        "layer-0 iterations",
+        "converged",
+        "public nodes",
+        "peak RSS MB",
+    ):
         table.add_column(column, justify="right")
     for devices in args.devices:
         start = time.perf_counter()
@@ -47,14 +55,29 @@ def main() -> None:
         for clustering in ("kma", "kmedoids"):
             network = NetworkModel(graph)
             start = time.perf_counter()
-            build = build_etree_tree(network, devices, groups, accuracy=accuracy, clustering=clustering,
-                                     max_iterations=args.max_iterations, public_nodes=args.public_nodes,
-                                     rng=np.random.default_rng(args.seed))
+            build = build_etree_tree(
+                network,
+                devices,
+                groups,
+                accuracy=accuracy,
+                clustering=clustering,
+                max_iterations=args.max_iterations,
+                public_nodes=args.public_nodes,
+                rng=np.random.default_rng(args.seed),
+            )
             build_s = time.perf_counter() - start
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             first = build.layers[0]
-            table.add_row(f"{devices:,}", clustering, f"{topology_s:.1f}", f"{build_s:.1f}", str(first.iterations),
-                          str(first.converged), str(len(build.tree.public)), f"{rss:.0f}")
+            table.add_row(
+                f"{devices:,}",
+                clustering,
+                f"{topology_s:.1f}",
+                f"{build_s:.1f}",
+                str(first.iterations),
+                str(first.converged),
+                str(len(build.tree.public)),
+                f"{rss:.0f}",
+            )
     Console().print(table)
 
 

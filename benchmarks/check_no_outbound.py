@@ -86,10 +86,17 @@ def run_tiny_flower() -> None:
     order = np.random.default_rng(0).permutation(len(x))
     model = build_model("softmax", (64,), 10)
     workload = Workload(
-        model=model, initial=init_params(model, 0), data=pack_fleet(x, y, np.array_split(order[:150], 3)),
-        x_test=torch.from_numpy(x[order[150:300]]), y_test=torch.from_numpy(y[order[150:300]]),
-        graph=topologies.build_topology("random_geometric", 3, seed=0), train=TrainConfig(lr=0.1, batch_size=8),
-        seed=0, input_shape=(64,), num_classes=10, rounds=1,
+        model=model,
+        initial=init_params(model, 0),
+        data=pack_fleet(x, y, np.array_split(order[:150], 3)),
+        x_test=torch.from_numpy(x[order[150:300]]),
+        y_test=torch.from_numpy(y[order[150:300]]),
+        graph=topologies.build_topology("random_geometric", 3, seed=0),
+        train=TrainConfig(lr=0.1, batch_size=8),
+        seed=0,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=1,
     )
     records = list(run_protocol(make_protocol("flower", "flower", {}), workload, rounds=1, eval_every=1))
     accuracy = [r.value for r in records if r.metric == "accuracy"]
@@ -118,16 +125,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as folder:
         trace_file = Path(folder) / "connect.trace"
-        command = [*_strace_command(strace), "-o", str(trace_file), sys.executable, str(Path(__file__).resolve()),
-                   "--run"]
+        command = [
+            *_strace_command(strace),
+            "-o",
+            str(trace_file),
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--run",
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         trace = trace_file.read_text() if trace_file.exists() else ""
     if args.keep_trace:
         args.keep_trace.write_text(trace)
     sys.stdout.write(done.stdout)
     if done.returncode != 0:
-        print(f"check_no_outbound: the traced run failed (exit {done.returncode}):\n{done.stderr[-4000:]}",
-              file=sys.stderr)
+        print(
+            f"check_no_outbound: the traced run failed (exit {done.returncode}):\n{done.stderr[-4000:]}",
+            file=sys.stderr,
+        )
         return 2
     connects, unread = parse_connects(trace)
     outside = [c for c in connects if not c.loopback]
@@ -136,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if unread:
         print("unreadable IP connect lines:\n  " + "\n  ".join(unread), file=sys.stderr)
     if outside:
-        print("OUTBOUND: " + ", ".join(sorted({f"{c.family} {c.address}:{c.port}" for c in outside})),
-              file=sys.stderr)
+        print("OUTBOUND: " + ", ".join(sorted({f"{c.family} {c.address}:{c.port}" for c in outside})), file=sys.stderr)
     if outside or unread:
         return 1
     if not connects:

@@ -56,17 +56,11 @@ class Dataset:
         where = f"data.dataset: {self.name!r}"
         for part, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != np.float32 or x.ndim < 2:
-                raise ClientsError(
-                    f"{where} x_{part} must be float32 [n, *input_shape], got {x.dtype} {x.shape}"
-                )
+                raise ClientsError(f"{where} x_{part} must be float32 [n, *input_shape], got {x.dtype} {x.shape}")
             if y.dtype != np.int64 or y.shape != x.shape[:1]:
-                raise ClientsError(
-                    f"{where} y_{part} must be int64 [{x.shape[0]}], got {y.dtype} {y.shape}"
-                )
+                raise ClientsError(f"{where} y_{part} must be int64 [{x.shape[0]}], got {y.dtype} {y.shape}")
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-                raise ClientsError(
-                    f"{where} y_{part} holds labels outside 0..{self.num_classes - 1}"
-                )
+                raise ClientsError(f"{where} y_{part} holds labels outside 0..{self.num_classes - 1}")
         if self.num_classes < 2:
             raise ClientsError(f"{where} has num_classes={self.num_classes}; needs at least 2")
         if len(self.x_train) == 0:
@@ -77,9 +71,7 @@ class Dataset:
                 f"{self.x_test.shape[1:]} differ in shape"
             )
         groups = self.natural_groups
-        if groups is not None and (
-            groups.dtype != np.int64 or groups.shape != self.y_train.shape or groups.min() < 0
-        ):
+        if groups is not None and (groups.dtype != np.int64 or groups.shape != self.y_train.shape or groups.min() < 0):
             raise ClientsError(
                 f"{where} natural_groups must be non-negative int64 [{len(self.y_train)}], "
                 f"got {groups.dtype} {groups.shape}"
@@ -106,9 +98,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 def dataset_options(name: str) -> dict[str, Any]:
     """The options a dataset accepts, with their defaults (for help text and spec checks)."""
     if name not in DATASETS:
-        raise ClientsError(
-            f"data.dataset: unknown {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
-        )
+        raise ClientsError(f"data.dataset: unknown {name!r}; choose one of: {', '.join(sorted(DATASETS))}")
     params = inspect.signature(DATASETS[name]).parameters.values()
     return {
         p.name: p.default
@@ -123,9 +113,7 @@ def load_dataset(name: str, *, seed: int, devices: int, **options: Any) -> Datas
     for option in sorted(options):
         if option not in valid:
             allowed = ", ".join(sorted(valid)) or "none"
-            raise ClientsError(
-                f"data.{option}: unknown option for dataset {name!r}; valid options: {allowed}"
-            )
+            raise ClientsError(f"data.{option}: unknown option for dataset {name!r}; valid options: {allowed}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= MAX_SEED:
         raise ClientsError(f"seed: {seed!r} must be an integer in [0, {MAX_SEED}]")
     if isinstance(devices, bool) or not isinstance(devices, int | np.integer) or devices < 1:
@@ -144,8 +132,9 @@ def check_int(field: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def check_float(field: str, value: Any, low: float, high: float, *, open_low: bool = False,
-                open_high: bool = False) -> float:
+def check_float(
+    field: str, value: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False
+) -> float:
     """A real option inside [low, high], each end optionally open."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         raise ClientsError(f"{field}: {value!r} must be a number")
@@ -207,13 +196,15 @@ def load_digits(*, seed: int, devices: int, test_fraction: float = 0.2) -> Datas
     x, y = sk_load_digits(return_X_y=True)
     try:
         x_train, x_test, y_train, y_test = train_test_split(
-            (x / 16.0).astype(np.float32), y.astype(np.int64),
-            test_size=fraction, stratify=y, random_state=seed,
+            (x / 16.0).astype(np.float32),
+            y.astype(np.int64),
+            test_size=fraction,
+            stratify=y,
+            random_state=seed,
         )
     except ValueError as exc:  # too few test samples to hold every class
         raise ClientsError(
-            f"data.test_fraction: {test_fraction!r} cannot give a stratified split of "
-            f"{len(y)} samples ({exc})"
+            f"data.test_fraction: {test_fraction!r} cannot give a stratified split of {len(y)} samples ({exc})"
         ) from None
     return Dataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
 
@@ -250,8 +241,10 @@ def load_mnist1d(*, seed: int, devices: int, num_samples: int = 5000) -> Dataset
         write_npz(path, arrays)
     return Dataset(
         "mnist1d",
-        arrays["x"].astype(np.float32), arrays["y"].astype(np.int64),
-        arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int64),
+        arrays["x"].astype(np.float32),
+        arrays["y"].astype(np.int64),
+        arrays["x_test"].astype(np.float32),
+        arrays["y_test"].astype(np.int64),
         num_classes=10,
     )
 
@@ -355,16 +348,12 @@ def load_synthetic(
             x *= sd
             x += v[ids, None, :]
             y_all[rows] = np.argmax(np.matmul(x, w) + b, axis=2).reshape(-1)
-        groups[first_train : first_train + len(ids) * int(n_train[ids[0]])] = np.repeat(
-            ids, int(n_train[ids[0]])
-        )
+        groups[first_train : first_train + len(ids) * int(n_train[ids[0]])] = np.repeat(ids, int(n_train[ids[0]]))
 
     # numpy's generators and matmul release the GIL, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(fill, range(len(blocks))))
-    return Dataset(
-        "synthetic", x_train, y_train, x_test, y_test, num_classes=n_classes, natural_groups=groups
-    )
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=n_classes, natural_groups=groups)
 
 
 # ---------------------------------------------------------------------------

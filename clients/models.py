@@ -82,9 +82,14 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, *, channels: int = 16) -
 def _cnn1d(length: int, num_classes: int, channels: int) -> nn.Module:
     return nn.Sequential(
         nn.Unflatten(1, (1, length)),
-        nn.Conv1d(1, channels, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-        nn.Conv1d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
-        nn.Flatten(), nn.Linear(channels * (length // 4), num_classes),
+        nn.Conv1d(1, channels, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool1d(2),
+        nn.Conv1d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool1d(2),
+        nn.Flatten(),
+        nn.Linear(channels * (length // 4), num_classes),
     )
 
 
@@ -92,9 +97,14 @@ def _cnn2d(shape: tuple[int, ...], num_classes: int, channels: int) -> nn.Module
     in_channels, height, width = shape
     return nn.Sequential(
         nn.Unflatten(1, (in_channels, height, width)),
-        nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(channels * (height // 4) * (width // 4), num_classes),
+        nn.Conv2d(in_channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(channels * (height // 4) * (width // 4), num_classes),
     )
 
 
@@ -164,7 +174,9 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
             total += 2 * kernel * output[0].numel()
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    hooks = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
     try:
         with torch.no_grad():
             model(torch.zeros(1, *input_shape))

@@ -127,9 +127,7 @@ def dataset_from_hf(name: str, splits: Mapping[str, hf.Dataset]) -> Dataset:
 
 
 def _env_offline() -> bool:
-    return any(
-        os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    return any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _uses_proxy() -> bool:
@@ -217,10 +215,7 @@ def uci_har_from_zip(path: Path) -> Dataset:
     """
     try:
         with zipfile.ZipFile(path) as outer:
-            nested = [
-                m for m in outer.namelist()
-                if m.endswith("UCI HAR Dataset.zip") and not m.startswith("__MACOSX")
-            ]
+            nested = [m for m in outer.namelist() if m.endswith("UCI HAR Dataset.zip") and not m.startswith("__MACOSX")]
             archive = zipfile.ZipFile(io.BytesIO(outer.read(nested[0]))) if nested else outer
             with archive:
                 x_train, y_train = _har_split(archive, "train")
@@ -272,12 +267,19 @@ def load_uci_har_zip() -> Dataset:
         parsed = uci_har_from_zip(path)
         groups = parsed.natural_groups
         arrays = {
-            "x_train": parsed.x_train, "y_train": parsed.y_train,
-            "x_test": parsed.x_test, "y_test": parsed.y_test,
+            "x_train": parsed.x_train,
+            "y_train": parsed.y_train,
+            "x_test": parsed.x_test,
+            "y_test": parsed.y_test,
             "groups": np.zeros(0, np.int64) if groups is None else groups,  # empty: none
         }
         write_npz(folder / "uci_har.npz", arrays)
     return Dataset(
-        "uci_har", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-        UCI_HAR_CLASSES, natural_groups=arrays["groups"] if len(arrays["groups"]) else None,
+        "uci_har",
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays["x_test"],
+        arrays["y_test"],
+        UCI_HAR_CLASSES,
+        natural_groups=arrays["groups"] if len(arrays["groups"]) else None,
     )

@@ -81,8 +81,10 @@ def partition_indices(
     if scheme not in SCHEMES:
         raise ClientsError(f"data.partition: unknown {scheme!r}; choose one of: {', '.join(SCHEMES)}")
     seed = check_int("seed", seed, 0)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.number) or not (
-        math.isfinite(alpha) and alpha > 0
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, int | float | np.number)
+        or not (math.isfinite(alpha) and alpha > 0)
     ):
         raise ClientsError(f"data.alpha: {alpha!r} must be a finite number > 0")
     k = check_int("data.classes_per_device", classes_per_device, 1)
@@ -98,9 +100,7 @@ def partition_indices(
     elif scheme == "spatial":
         owner = _spatial_owner(labels, devices, coordinates, k=k, seed=seed)
     else:
-        owner = _seeded_owner(
-            labels, devices, scheme=scheme, seed=seed, alpha=float(alpha), k=k, min_size=min_size
-        )
+        owner = _seeded_owner(labels, devices, scheme=scheme, seed=seed, alpha=float(alpha), k=k, min_size=min_size)
     sizes = np.bincount(owner[owner >= 0], minlength=devices)
     if sizes.min() < min_size:
         d = int(np.argmin(sizes))
@@ -203,9 +203,7 @@ def _seeded_owner(
     if scheme == "pathological":
         classes, ranks = np.unique(seen, return_inverse=True)
         if k > len(classes):
-            raise ClientsError(
-                f"data.classes_per_device: {k} is more than the {len(classes)} classes in the data"
-            )
+            raise ClientsError(f"data.classes_per_device: {k} is more than the {len(classes)} classes in the data")
         relabel = np.random.default_rng(class_seed).permutation(len(classes))
         seen = relabel[ranks.reshape(-1)]
         loads = _class_loads(devices, len(classes), k)
@@ -253,13 +251,22 @@ def _library_owner(
         partitioner = IidPartitioner(num_partitions=devices)
     elif scheme == "dirichlet":
         partitioner = DirichletPartitioner(
-            num_partitions=devices, partition_by="label", alpha=alpha,
-            min_partition_size=min_size, self_balancing=False, shuffle=False, seed=seed,
+            num_partitions=devices,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_size,
+            self_balancing=False,
+            shuffle=False,
+            seed=seed,
         )
     else:
         partitioner = PathologicalPartitioner(
-            num_partitions=devices, partition_by="label", num_classes_per_partition=k,
-            class_assignment_mode="deterministic", shuffle=False, seed=seed,
+            num_partitions=devices,
+            partition_by="label",
+            num_classes_per_partition=k,
+            class_assignment_mode="deterministic",
+            shuffle=False,
+            seed=seed,
         )
     partitioner.dataset = datasets.Dataset.from_dict({"label": seen, "row": np.arange(len(seen))})
     owner = np.full(len(seen), -1, dtype=np.int64)

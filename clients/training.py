@@ -43,7 +43,9 @@ class TrainConfig:
             raise ClientsError(f"train.batch_size: got {self.batch_size}; must be >= 1")
 
 
-def epoch_order(seed: int, round_index: int, epoch: int, device_ids: np.ndarray, counts: np.ndarray, capacity: int) -> np.ndarray:
+def epoch_order(
+    seed: int, round_index: int, epoch: int, device_ids: np.ndarray, counts: np.ndarray, capacity: int
+) -> np.ndarray:
     """Each device's sample order for one epoch: a shuffle of its own rows, padding last.
 
     The order of device d depends only on (seed, round, epoch, d), so a device

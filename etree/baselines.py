@@ -50,8 +50,15 @@ class IndividualProtocol(Protocol):
         self.evaluated = torch.from_numpy(np.sort(rng.choice(workload.devices, size=count, replace=False)))
 
     def run_round(self, round_index: int) -> RoundCost:
-        self.params = local_train(self.workload.model, self.params, self.workload.data, self.devices,
-                                  self.workload.train, seed=self.workload.seed, round_index=round_index)
+        self.params = local_train(
+            self.workload.model,
+            self.params,
+            self.workload.data,
+            self.devices,
+            self.workload.train,
+            seed=self.workload.seed,
+            round_index=round_index,
+        )
         ids = self.devices.numpy()
         duration = float(self.network.compute_s(ids, self.workload.epoch_flops[ids]).max(initial=0.0))
         return RoundCost(duration, 0, 0)
@@ -90,8 +97,15 @@ def grouped(
     cluster models.
     """
     options = TreeOptions.checked(
-        label, groups=groups, clustering=clustering, delta=delta, pretrain_epochs=pretrain_epochs,
-        public_samples=public_samples, max_iterations=max_iterations, public_nodes=public_nodes, gamma=gamma,
+        label,
+        groups=groups,
+        clustering=clustering,
+        delta=delta,
+        pretrain_epochs=pretrain_epochs,
+        public_samples=public_samples,
+        max_iterations=max_iterations,
+        public_nodes=public_nodes,
+        gamma=gamma,
     )
     depth = len(options.groups)
     if depth < 2:
@@ -102,6 +116,14 @@ def grouped(
     checked = check_ratios(label, [1] * depth if ratios is None else ratios, depth)
     check_engine_options(label, weighted=weighted, participation=participation)
     builder = ETreeBuilder(label, options, checked)
-    return TreeProtocol(label, builder, ratios=checked, weighted=weighted, participation=participation,
-                        report="clusters", top_aggregates=False, public_merge=public_merge,
-                        describe=builder.describe)
+    return TreeProtocol(
+        label,
+        builder,
+        ratios=checked,
+        weighted=weighted,
+        participation=participation,
+        report="clusters",
+        top_aggregates=False,
+        public_merge=public_merge,
+        describe=builder.describe,
+    )

@@ -67,9 +67,7 @@ def check_ratios(label: str, ratios: Any, depth: int) -> tuple[int, ...]:
     if isinstance(ratios, str | bytes) or not isinstance(ratios, Sequence):
         raise ProtocolError(f"{field}: got {ratios!r}; give a list of one integer per layer")
     if len(ratios) != depth or not all(_is_int(r) and r >= 1 for r in ratios):
-        raise ProtocolError(
-            f"{field}: got {list(ratios)}; give {depth} integer(s) >= 1, one per layer of groups"
-        )
+        raise ProtocolError(f"{field}: got {list(ratios)}; give {depth} integer(s) >= 1, one per layer of groups")
     return tuple(int(r) for r in ratios)
 
 
@@ -97,6 +95,7 @@ class TreeOptions:
     @classmethod
     def checked(cls, label: str, **options: Any) -> TreeOptions:
         """Validate every option, naming ``protocols.<label>.<option>`` on a bad value."""
+
         def fail(name: str, rule: str) -> ProtocolError:
             return ProtocolError(f"protocols.{label}.{name}: got {options[name]!r}; {rule}")
 
@@ -112,9 +111,16 @@ class TreeOptions:
             raise fail("public_nodes", "must be true or false")
         if not _is_real(options["gamma"]) or not 0 < options["gamma"] <= 1:
             raise fail("gamma", "must be a number in (0, 1]")
-        return cls(groups, options["clustering"], float(options["delta"]), int(options["pretrain_epochs"]),
-                   int(options["public_samples"]), int(options["max_iterations"]), options["public_nodes"],
-                   float(options["gamma"]))
+        return cls(
+            groups,
+            options["clustering"],
+            float(options["delta"]),
+            int(options["pretrain_epochs"]),
+            int(options["public_samples"]),
+            int(options["max_iterations"]),
+            options["public_nodes"],
+            float(options["gamma"]),
+        )
 
     @property
     def needs_accuracy(self) -> bool:
@@ -160,11 +166,20 @@ def build_etree_tree(
     oracle = DelayOracle(network.graph)
     if clustering == "kma":
         assert accuracy is not None
-        first = kma_clusters(network, accuracy, groups[0], delta=delta, max_iterations=max_iterations,
-                             candidates=candidates, rng=rng, oracle=oracle)
+        first = kma_clusters(
+            network,
+            accuracy,
+            groups[0],
+            delta=delta,
+            max_iterations=max_iterations,
+            candidates=candidates,
+            rng=rng,
+            oracle=oracle,
+        )
     else:
-        first = kmedoids_clusters(network, groups[0], nodes=np.arange(devices), max_iterations=max_iterations,
-                                  rng=rng, oracle=oracle)
+        first = kmedoids_clusters(
+            network, groups[0], nodes=np.arange(devices), max_iterations=max_iterations, rng=rng, oracle=oracle
+        )
     heads: list[np.ndarray] = [first.centres]
     parents: list[np.ndarray] = [first.labels]
     layers = [first]
@@ -178,8 +193,14 @@ def build_etree_tree(
     if public_nodes:
         assert accuracy is not None
         aggregators = np.unique(np.concatenate(heads))
-        public = select_public_nodes(oracle.rows(first.centres)[:, :devices], first.labels, accuracy,
-                                     gamma=gamma, delta=delta, exclude=aggregators[aggregators < devices])
+        public = select_public_nodes(
+            oracle.rows(first.centres)[:, :devices],
+            first.labels,
+            accuracy,
+            gamma=gamma,
+            delta=delta,
+            exclude=aggregators[aggregators < devices],
+        )
     tree = AggregationTree(heads=tuple(heads), parents=tuple(parents), public=public)
     return ETreeBuild(tree, tuple(layers), accuracy, clustering, delta)
 
@@ -221,9 +242,16 @@ class ETreeBuilder:
             accuracy = pretrain_accuracy(workload, opts.pretrain_epochs, x, y)
         self.workload, self.network = workload, network
         self.build = build_etree_tree(
-            network, workload.devices, opts.groups, accuracy=accuracy, clustering=opts.clustering,
-            delta=opts.delta, max_iterations=opts.max_iterations, public_nodes=opts.public_nodes,
-            gamma=opts.gamma, rng=np.random.default_rng(cluster_seq),
+            network,
+            workload.devices,
+            opts.groups,
+            accuracy=accuracy,
+            clustering=opts.clustering,
+            delta=opts.delta,
+            max_iterations=opts.max_iterations,
+            public_nodes=opts.public_nodes,
+            gamma=opts.gamma,
+            rng=np.random.default_rng(cluster_seq),
         )
         return self.build.tree
 
@@ -301,12 +329,25 @@ def etree(
     public-node merge are GUESSes. ``accuracy`` reports the root model.
     """
     options = TreeOptions.checked(
-        label, groups=groups, clustering=clustering, delta=delta, pretrain_epochs=pretrain_epochs,
-        public_samples=public_samples, max_iterations=max_iterations, public_nodes=public_nodes, gamma=gamma,
+        label,
+        groups=groups,
+        clustering=clustering,
+        delta=delta,
+        pretrain_epochs=pretrain_epochs,
+        public_samples=public_samples,
+        max_iterations=max_iterations,
+        public_nodes=public_nodes,
+        gamma=gamma,
     )
     checked = check_ratios(label, ratios, len(options.groups))
     check_engine_options(label, weighted=weighted, participation=participation)
     builder = ETreeBuilder(label, options, checked)
-    return TreeProtocol(label, builder, ratios=checked, weighted=weighted, participation=participation,
-                        public_merge=public_merge, describe=builder.describe)
-
+    return TreeProtocol(
+        label,
+        builder,
+        ratios=checked,
+        weighted=weighted,
+        participation=participation,
+        public_merge=public_merge,
+        describe=builder.describe,
+    )

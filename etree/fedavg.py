@@ -19,7 +19,7 @@ from etree.registry import register_protocol
 from etree.tree import AggregationTree, star_tree
 
 
-def choose_server(workload: Workload, network: NetworkModel, server: str | int) -> int:
+def choose_server(workload: Workload, network: NetworkModel, server: str | int, label: str = "fedavg") -> int:
     """The server node: ``"auto"`` takes the cloud node if the topology has one, else the
     delay-medoid of the devices (the authors' FL code uses a fixed device as master)."""
     graph = workload.graph
@@ -30,7 +30,7 @@ def choose_server(workload: Workload, network: NetworkModel, server: str | int) 
         return delay_medoid(network, np.arange(workload.devices))
     if isinstance(server, bool) or not isinstance(server, int) or not 0 <= server < graph.number_of_nodes():
         raise ProtocolError(
-            f"protocols.fedavg.server: got {server!r}; use 'auto' or a node id in 0..{graph.number_of_nodes() - 1}"
+            f"protocols.{label}.server: got {server!r}; use 'auto' or a node id in 0..{graph.number_of_nodes() - 1}"
         )
     return server
 
@@ -40,6 +40,6 @@ def fedavg(label: str, *, server: str | int = "auto", participation: float = 1.0
     """FedAvg; ``weighted=False`` is the unweighted mean of the E-Tree paper's FL baseline."""
 
     def build(workload: Workload, network: NetworkModel) -> AggregationTree:
-        return star_tree(workload.devices, choose_server(workload, network, server))
+        return star_tree(workload.devices, choose_server(workload, network, server, label))
 
     return TreeProtocol(label, build, weighted=weighted, participation=participation)

@@ -51,16 +51,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from clients.fleet import FleetData
 from clients.models import ParamStack
-from clients.streams import hashed_uniform
 from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.fedavg import choose_server
-from etree.hierarchical import synchronous_round_timing
+from etree.hierarchical import participants, synchronous_round_timing
 from etree.network import NetworkModel
 from etree.protocol import Protocol, RoundCost, Workload
 from etree.registry import register_protocol
@@ -88,20 +86,6 @@ _EXPECTED_FLOWER_WARNINGS = (
     "The `run_simulation` function is deprecated",  # the Python entry point still works in 1.41
     "fraction_evaluate is set to 0.0",  # evaluation is done in-engine on the captured global models
 )
-_SAMPLING_SALT = 0x5A5A  # the in-engine FedAvg's participant stream (etree.hierarchical.TreeProtocol)
-
-
-def participants(seed: int, round_index: int, devices: int, participation: float) -> np.ndarray:
-    """The devices that train in ``round_index``: the same draw as the in-engine FedAvg.
-
-    ``max(1, round(participation * devices))`` devices with the smallest
-    counter-based keys, in id order.
-    """
-    if participation >= 1:
-        return np.arange(devices)
-    count = max(1, round(participation * devices))
-    keys = hashed_uniform(seed, round_index, _SAMPLING_SALT, np.arange(devices))
-    return np.sort(np.argsort(keys, kind="stable")[:count])
 
 
 @dataclass(frozen=True)
@@ -177,8 +161,10 @@ def _start_ray(num_cpus: int, label: str) -> tuple[dict[str, Any], str]:
             f"when it finishes, so run the flower protocol in a process of its own"
         )
     if ray_constants.ENABLE_RAY_CLUSTER:  # read once at import: an import before ours saw no loopback setting
-        logger.warning("flower: Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; "
-                       "the driver may contact Ray through the host's address instead of loopback")
+        logger.warning(
+            "flower: Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; "
+            "the driver may contact Ray through the host's address instead of loopback"
+        )
     init_args: dict[str, Any] = {
         "include_dashboard": False,
         "num_cpus": num_cpus,
@@ -204,8 +190,13 @@ def _client_payload(workload: Workload, weighted: bool) -> dict[str, Any]:
     A plain dict of torch and ``clients`` objects, so that unpickling it in a
     Ray actor imports neither ``etree`` nor what ``etree`` pulls in (seconds per actor).
     """
-    return {"model": workload.model, "data": workload.data, "train": workload.train,
-            "seed": workload.seed, "weighted": weighted}
+    return {
+        "model": workload.model,
+        "data": workload.data,
+        "train": workload.train,
+        "seed": workload.seed,
+        "weighted": weighted,
+    }
 
 
 def _client_app(payload_ref: Any) -> Any:
@@ -229,14 +220,21 @@ def _client_app(payload_ref: Any) -> Any:
         stack = {name: tensor.unsqueeze(0) for name, tensor in arrays.items()}
         server_round = cast(int, message.content.config_records["config"]["server-round"])
         trained = local_train(
-            payload["model"], stack, data, torch.tensor([device]), payload["train"],
-            seed=payload["seed"], round_index=server_round,
+            payload["model"],
+            stack,
+            data,
+            torch.tensor([device]),
+            payload["train"],
+            seed=payload["seed"],
+            round_index=server_round,
         )
         examples = int(data.counts[device]) if payload["weighted"] else 1
-        reply = RecordDict({
-            "arrays": ArrayRecord({name: tensor[0] for name, tensor in trained.items()}),
-            "metrics": MetricRecord({"num-examples": examples, "partition-id": device}),
-        })
+        reply = RecordDict(
+            {
+                "arrays": ArrayRecord({name: tensor[0] for name, tensor in trained.items()}),
+                "metrics": MetricRecord({"num-examples": examples, "partition-id": device}),
+            }
+        )
         return Message(reply, reply_to=message)
 
     @app.query()
@@ -294,8 +292,12 @@ def _server_app(
     @app.main()
     def main(grid: Grid, context: Any) -> None:
         options: dict[str, Any] = {
-            "fraction_train": participation, "fraction_evaluate": 0.0, "min_train_nodes": count,
-            "min_evaluate_nodes": 0, "min_available_nodes": devices, "train_metrics_aggr_fn": record_trained,
+            "fraction_train": participation,
+            "fraction_evaluate": 0.0,
+            "min_train_nodes": count,
+            "min_evaluate_nodes": 0,
+            "min_available_nodes": devices,
+            "train_metrics_aggr_fn": record_trained,
         }
         if participation >= 1:
             strategy = FedAvg(**options)
@@ -339,8 +341,9 @@ def _map_devices(grid: Any, devices: int, label: str) -> dict[int, int]:
         device = cast(int, reply.content.metric_records["node"]["partition-id"])
         node_of_device[device] = reply.metadata.src_node_id
     if sorted(node_of_device) != list(range(devices)):
-        raise ProtocolError(f"protocols.{label}: supernodes reported partitions {sorted(node_of_device)}, "
-                            f"expected 0..{devices - 1}")
+        raise ProtocolError(
+            f"protocols.{label}: supernodes reported partitions {sorted(node_of_device)}, expected 0..{devices - 1}"
+        )
     return node_of_device
 
 
@@ -379,8 +382,14 @@ def run_flower_fedavg(
             finally:
                 if ray.is_initialized():  # Flower shuts Ray down itself unless it failed first
                     ray.shutdown()
-    logger.info("flower: %d rounds on %d devices took %.1f s of real time (Ray on %d CPUs, logs in %s)",
-                workload.rounds, workload.devices, wall, cores, session_dir)
+    logger.info(
+        "flower: %d rounds on %d devices took %.1f s of real time (Ray on %d CPUs, logs in %s)",
+        workload.rounds,
+        workload.devices,
+        wall,
+        cores,
+        session_dir,
+    )
     return FlowerRun(captured, trained, wall, session_dir)
 
 
@@ -398,7 +407,8 @@ class FlowerFedAvg(Protocol):
     def setup(self, workload: Workload) -> None:
         self.workload = workload
         self.network = NetworkModel(workload.graph)
-        self.tree: AggregationTree = star_tree(workload.devices, choose_server(workload, self.network, self._server))
+        server = choose_server(workload, self.network, self._server, self.label)
+        self.tree: AggregationTree = star_tree(workload.devices, server)
         self.network.prepare(int(h) for h in self.tree.heads[0])
         self.run = run_flower_fedavg(
             workload, participation=self._participation, weighted=self._weighted, label=self.label
@@ -431,4 +441,3 @@ class FlowerFedAvg(Protocol):
 def flower(label: str, *, server: str | int = "auto", participation: float = 1.0, weighted: bool = True) -> Protocol:
     """FedAvg on Flower's simulation engine; ``weighted=True`` is Flower's example-count weighting."""
     return FlowerFedAvg(label, server=server, participation=participation, weighted=weighted)
-

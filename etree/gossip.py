@@ -274,8 +274,13 @@ class GossipProtocol(Protocol):
         self.ages = merge_ages(self.ages, peers)
         everyone = torch.arange(devices)
         self.params = local_train(
-            workload.model, merged, workload.data, everyone, workload.train,
-            seed=workload.seed, round_index=round_index,
+            workload.model,
+            merged,
+            workload.data,
+            everyone,
+            workload.train,
+            seed=workload.seed,
+            round_index=round_index,
         )
         self.ages = self.ages + workload.data.counts.to(torch.float64) * workload.train.local_epochs
         duration = float(np.max(self.ready + transfer))
@@ -294,7 +299,9 @@ class GossipProtocol(Protocol):
 
     def structure(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "protocol": "gossip", "overlay": self._overlay, "merge": self._merge,
+            "protocol": "gossip",
+            "overlay": self._overlay,
+            "merge": self._merge,
             "evaluated_devices": self.evaluated.tolist(),
         }
         if self._overlay == "graph":

@@ -37,6 +37,20 @@ from etree.protocol import Protocol, RoundCost, Workload
 from etree.tree import AggregationTree
 
 TreeBuilder = Callable[[Workload, NetworkModel], AggregationTree]
+SAMPLING_SALT = 0x5A5A  # separates the participant stream from the training streams
+
+
+def participants(seed: int, round_index: int, devices: int, participation: float) -> np.ndarray:
+    """The devices that train in ``round_index``: ``max(1, round(participation * devices))``
+    devices with the smallest counter-based keys, in id order (all devices when participation is 1).
+
+    One function for every engine (in-engine trees and Flower) so their samples agree.
+    """
+    if participation >= 1:
+        return np.arange(devices)
+    count = max(1, round(participation * devices))
+    keys = hashed_uniform(seed, round_index, SAMPLING_SALT, np.arange(devices))
+    return np.sort(np.argsort(keys, kind="stable")[:count])
 
 
 class TreeProtocol(Protocol):
@@ -106,8 +120,13 @@ class TreeProtocol(Protocol):
     def run_round(self, round_index: int) -> RoundCost:
         active = self._participants(round_index)
         trained = local_train(
-            self.workload.model, {k: v[active] for k, v in self.params.items()}, self.workload.data,
-            active, self.workload.train, seed=self.workload.seed, round_index=round_index,
+            self.workload.model,
+            {k: v[active] for k, v in self.params.items()},
+            self.workload.data,
+            active,
+            self.workload.train,
+            seed=self.workload.seed,
+            round_index=round_index,
         )
         for name, tensor in trained.items():
             self.params[name][active] = tensor
@@ -126,7 +145,12 @@ class TreeProtocol(Protocol):
         ids = active.numpy()
         ready = self.network.compute_s(ids, self.workload.epoch_flops[ids])
         duration, messages = synchronous_round_timing(
-            self.tree, self.network, ready, ids, top, self.workload.message_bytes,
+            self.tree,
+            self.network,
+            ready,
+            ids,
+            top,
+            self.workload.message_bytes,
             public_down=self._public_merge == "mean" and top < self.tree.depth,
         )
         events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
@@ -170,12 +194,8 @@ class TreeProtocol(Protocol):
         return torch.cat([active, self._extra_device[present]]), torch.cat([clusters, self._extra_segment[present]])
 
     def _participants(self, round_index: int) -> torch.Tensor:
-        devices = self.workload.devices
-        if self._participation >= 1:
-            return torch.arange(devices)
-        count = max(1, round(self._participation * devices))
-        keys = hashed_uniform(self.workload.seed, round_index, 0x5A5A, np.arange(devices))
-        return torch.from_numpy(np.sort(np.argsort(keys, kind="stable")[:count]))
+        chosen = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
+        return torch.from_numpy(chosen)
 
     def _top_layer(self, round_index: int) -> int:
         """Highest layer that aggregates this round (0: none)."""

@@ -95,8 +95,9 @@ class DelayOracle:
         self._rows = {s: r for s, r in self._rows.items() if s in keep}
         return np.stack([self._rows[int(s)] for s in sources]) if len(sources) else np.empty((0, self.nodes))
 
-    def medoid(self, members: np.ndarray, centre_row: np.ndarray | None = None,
-               max_candidates: int = MAX_CANDIDATES) -> int:
+    def medoid(
+        self, members: np.ndarray, centre_row: np.ndarray | None = None, max_candidates: int = MAX_CANDIDATES
+    ) -> int:
         """Eq. 1: the member with the least total delay to all members (ties: smallest id).
 
         Candidates as in :func:`etree.placement.delay_medoid`: every member up to
@@ -314,7 +315,14 @@ def pretrain_accuracy(workload: Workload, epochs: int, public_x: torch.Tensor, p
     then its model's 0-1 accuracy on the public set is measured. The models are thrown away."""
     config = TrainConfig(workload.train.lr, epochs, workload.train.batch_size)
     devices = torch.arange(workload.devices)
-    trained = local_train(workload.model, replicate(workload.initial, workload.devices), workload.data, devices,
-                          config, seed=workload.seed, round_index=PRETRAIN_ROUND)
+    trained = local_train(
+        workload.model,
+        replicate(workload.initial, workload.devices),
+        workload.data,
+        devices,
+        config,
+        seed=workload.seed,
+        round_index=PRETRAIN_ROUND,
+    )
     accuracy, _ = evaluate_models(workload.model, trained, public_x, public_y)
     return accuracy

@@ -71,11 +71,21 @@ class AggregationTree:
             members = [np.flatnonzero(self.parents[level] == k).tolist() for k in range(len(heads))]
             if level > 0:  # members of an upper layer are named by their graph node ids
                 members = [[int(self.heads[level - 1][m]) for m in group] for group in members]
-            layers.append({"layer": level + 1, "clusters": [
-                {"head": int(h), "members": group} for h, group in zip(heads.tolist(), members, strict=True)
-            ]})
-        return {"root": self.root, "depth": self.depth, "devices": self.devices,
-                "public_nodes": self.public.tolist(), "layers": layers}
+            layers.append(
+                {
+                    "layer": level + 1,
+                    "clusters": [
+                        {"head": int(h), "members": group} for h, group in zip(heads.tolist(), members, strict=True)
+                    ],
+                }
+            )
+        return {
+            "root": self.root,
+            "depth": self.depth,
+            "devices": self.devices,
+            "public_nodes": self.public.tolist(),
+            "layers": layers,
+        }
 
 
 def star_tree(devices: int, server: int) -> AggregationTree:

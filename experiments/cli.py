@@ -25,8 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an experiment spec and write its run folder")
     run.add_argument("spec", nargs="?", default=str(DEFAULT_SPEC), help="TOML spec (default: the built-in default)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec value, e.g. --set topology.devices=200 (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set topology.devices=200 (repeatable)",
+    )
     run.add_argument("--out", type=Path, help="run folder (default: results/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     tree = commands.add_parser("tree", help="build a spec's aggregation tree, print it and draw it over the topology")
@@ -89,15 +95,21 @@ def _tree(args: argparse.Namespace) -> int:
         protocol = make_protocol(entry.name, entry.label, dict(entry.options))
         protocol.setup(workload)
         structure = protocol.structure()
-        if structure is None or "layers" not in structure or (
-            args.protocol is None and len(structure["layers"][0]["clusters"]) < 2
+        if (
+            structure is None
+            or "layers" not in structure
+            or (args.protocol is None and len(structure["layers"][0]["clusters"]) < 2)
         ):
             continue
         out = args.out or Path("results") / spec.name / f"tree_{entry.label}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         Console().print(outline(structure, entry.label))
-        draw_tree(workload.graph, structure, out, title=f"{entry.label} tree over {spec.topology.kind} "
-                  f"({workload.devices} devices)")
+        draw_tree(
+            workload.graph,
+            structure,
+            out,
+            title=f"{entry.label} tree over {spec.topology.kind} ({workload.devices} devices)",
+        )
         print(f"wrote {out}")
         return 0
     raise SpecError("protocols: no protocol in this spec builds a tree with clusters (use etree, grouped or hierfavg)")
@@ -108,8 +120,13 @@ def _table3(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise SpecError(f"--seeds: got {args.seeds}; must be >= 1")
-    run_table3(Path(args.spec), args.out, seeds=args.seeds, overrides=args.overrides,
-               on_run=lambda setting, seed: print(f"running {setting}, seed {seed}", file=sys.stderr))
+    run_table3(
+        Path(args.spec),
+        args.out,
+        seeds=args.seeds,
+        overrides=args.overrides,
+        on_run=lambda setting, seed: print(f"running {setting}, seed {seed}", file=sys.stderr),
+    )
     print((args.out / "summary.md").read_text())
     return 0
 

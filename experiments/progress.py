@@ -15,8 +15,12 @@ class RoundProgress:
     def __init__(self, spec: Spec, *, enabled: bool = True) -> None:
         self._rounds = spec.rounds
         self._progress = Progress(
-            TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            disable=not enabled, transient=False,
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not enabled,
+            transient=False,
         )
         self._tasks: dict[str, int] = {}
         for protocol in spec.protocols:

@@ -16,12 +16,12 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
-from clients.partition import partition_indices
 
 import etree  # noqa: F401  (registers protocols)
 from clients.datasets import Dataset, load_dataset
 from clients.fleet import pack_fleet
 from clients.models import build_model, init_params
+from clients.partition import partition_indices
 from clients.training import TrainConfig
 from etree.protocol import Record, Workload, run_protocol
 from etree.registry import make_protocol
@@ -35,7 +35,9 @@ RoundCallback = Callable[[str, int], None]
 def stream_seeds(seed: int) -> dict[str, int]:
     """One independent integer seed per named stream, derived from the spec's seed."""
     children = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    return {name: int(child.generate_state(1, dtype=np.uint32)[0]) for name, child in zip(STREAMS, children, strict=True)}
+    return {
+        name: int(child.generate_state(1, dtype=np.uint32)[0]) for name, child in zip(STREAMS, children, strict=True)
+    }
 
 
 @dataclass
@@ -56,8 +58,13 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset, list[np.ndarray]]:
     devices = spec.topology.devices
     dataset = load_dataset(spec.data.dataset, seed=seeds["data"], devices=devices, **spec.data.options)
     parts = partition_indices(
-        dataset.y_train, devices, scheme=spec.data.partition, seed=seeds["data"], alpha=spec.data.alpha,
-        classes_per_device=spec.data.classes_per_device, min_partition_size=spec.data.min_partition_size,
+        dataset.y_train,
+        devices,
+        scheme=spec.data.partition,
+        seed=seeds["data"],
+        alpha=spec.data.alpha,
+        classes_per_device=spec.data.classes_per_device,
+        min_partition_size=spec.data.min_partition_size,
         natural_groups=dataset.natural_groups,
         coordinates=np.array([graph.nodes[d]["pos"] for d in range(devices)], dtype=np.float64),
     )
@@ -85,7 +92,9 @@ def run_spec(spec: Spec, on_round: RoundCallback | None = None) -> RunResult:
     result = RunResult(spec, workload.graph)
     sizes = np.array([len(p) for p in parts])
     result.partition_summary = {
-        "dataset": dataset.name, "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test),
+        "dataset": dataset.name,
+        "train_samples": len(dataset.y_train),
+        "test_samples": len(dataset.y_test),
         "samples_per_device": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
         "classes_per_device_mean": float(np.mean([len(np.unique(dataset.y_train[p])) for p in parts])),
     }

@@ -73,7 +73,12 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as TOML-ready data (options folded back into their tables)."""
-        out: dict[str, Any] = {"name": self.name, "seed": self.seed, "rounds": self.rounds, "eval_every": self.eval_every}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "seed": self.seed,
+            "rounds": self.rounds,
+            "eval_every": self.eval_every,
+        }
         for section in ("topology", "data", "model", "train"):
             out[section] = _table(getattr(self, section))
         out["protocols"] = [_table(p) for p in self.protocols]
@@ -163,7 +168,7 @@ def _protocols(raw: Any) -> tuple[ProtocolSpec, ...]:
     out: list[ProtocolSpec] = []
     for index, table in enumerate(raw):
         if not isinstance(table, Mapping) or "name" not in table:
-            raise SpecError(f"protocols[{index}].name: required (e.g. name = \"fedavg\")")
+            raise SpecError(f'protocols[{index}].name: required (e.g. name = "fedavg")')
         name = _typed(table["name"], str, f"protocols[{index}].name")
         label = _typed(table.get("label", name), str, f"protocols[{index}].label")
         if any(p.label == label for p in out):

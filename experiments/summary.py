@@ -33,7 +33,8 @@ def summary_markdown(run_dir: Path) -> str:
         f"({spec.get('data', {}).get('partition', '?')} partition), model `{spec.get('model', {}).get('kind', '?')}`, "
         f"{spec.get('rounds', '?')} rounds, seed {spec.get('seed', '?')}. A round is one local epoch of every device.",
         "",
-        f"Target accuracy for the 'to target' columns: {target:.3f} ({TARGET_FRACTION:.0%} of the best final accuracy).",
+        f"Target accuracy for the 'to target' columns: {target:.3f} "
+        f"({TARGET_FRACTION:.0%} of the best final accuracy).",
         "",
         "| protocol | final accuracy | best accuracy | rounds to target | sim time to target (s) "
         "| bytes to target | total sim time (s) | total bytes sent |",
@@ -42,8 +43,11 @@ def summary_markdown(run_dir: Path) -> str:
     for protocol in sorted(accuracy, key=lambda p: -finals[p]):
         s = accuracy[protocol]
         hit = first_reaching(s, target)
-        to_target = ("—", "—", "—") if hit is None else (
-            str(int(s.rounds[hit])), f"{s.sim_time_s[hit]:.3g}", _fmt_bytes(float(s.bytes_sent[hit])))
+        to_target = (
+            ("—", "—", "—")
+            if hit is None
+            else (str(int(s.rounds[hit])), f"{s.sim_time_s[hit]:.3g}", _fmt_bytes(float(s.bytes_sent[hit])))
+        )
         lines.append(
             f"| {protocol} | {finals[protocol]:.4f} | {s.values.max():.4f} | {' | '.join(to_target)} "
             f"| {s.sim_time_s[-1]:.4g} | {_fmt_bytes(float(s.bytes_sent[-1]))} |"

@@ -12,13 +12,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from rich.tree import Tree  # noqa: E402
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+from matplotlib.collections import LineCollection
+from rich.tree import Tree
 
-from experiments.plots import save_figure  # noqa: E402
+from experiments.plots import save_figure
 
 MAX_LISTED = 12
 
@@ -26,8 +26,10 @@ MAX_LISTED = 12
 def outline(structure: dict[str, Any], label: str) -> Tree:
     """A rich tree: root, then each layer's heads with member counts (long lists elided)."""
     layers = structure["layers"]
-    root = Tree(f"[bold]{label}[/]: root device {structure['root']}, {structure['depth']} aggregation layer(s), "
-                f"{structure['devices']} devices, {len(structure.get('public_nodes', []))} public node(s)")
+    root = Tree(
+        f"[bold]{label}[/]: root device {structure['root']}, {structure['depth']} aggregation layer(s), "
+        f"{structure['devices']} devices, {len(structure.get('public_nodes', []))} public node(s)"
+    )
 
     def add(branch: Tree, level: int, head: int) -> None:
         clusters = {c["head"]: c["members"] for c in layers[level]["clusters"]}
@@ -53,27 +55,39 @@ def draw_tree(graph: nx.Graph, structure: dict[str, Any], path: Path, *, title: 
     figure, ax = plt.subplots(figsize=(8, 8), constrained_layout=True)
     colours = plt.get_cmap("tab20")
     small = devices > 300
-    ax.add_collection(LineCollection(
-        [pos[[u, v]] for u, v in graph.edges()], colors="0.85", linewidths=0.3 if small else 0.6, zorder=0))
+    ax.add_collection(
+        LineCollection(
+            [pos[[u, v]] for u, v in graph.edges()], colors="0.85", linewidths=0.3 if small else 0.6, zorder=0
+        )
+    )
     for k, cluster in enumerate(layers[0]["clusters"]):
         members = np.array(cluster["members"])
         cluster_of[members] = k
         segments = [pos[[m, cluster["head"]]] for m in members if m != cluster["head"]]
         ax.add_collection(LineCollection(segments, colors=[colours(k % 20)], linewidths=0.5, alpha=0.6, zorder=1))
-    ax.scatter(pos[:devices, 0], pos[:devices, 1], c=[colours(k % 20) for k in cluster_of],
-               s=6 if small else 22, zorder=2, linewidths=0)
+    ax.scatter(
+        pos[:devices, 0],
+        pos[:devices, 1],
+        c=[colours(k % 20) for k in cluster_of],
+        s=6 if small else 22,
+        zorder=2,
+        linewidths=0,
+    )
     for level, layer in enumerate(layers[1:], start=1):
         for cluster in layer["clusters"]:
             segments = [pos[[m, cluster["head"]]] for m in cluster["members"] if m != cluster["head"]]
             ax.add_collection(LineCollection(segments, colors="k", linewidths=1.0 + level, zorder=3))
     heads = np.array([c["head"] for c in layers[0]["clusters"]])
-    ax.scatter(pos[heads, 0], pos[heads, 1], marker="^", s=90, c="white", edgecolors="k", zorder=4, label="cluster head")
+    ax.scatter(
+        pos[heads, 0], pos[heads, 1], marker="^", s=90, c="white", edgecolors="k", zorder=4, label="cluster head"
+    )
     public = np.array(structure.get("public_nodes", []), dtype=int)
     if len(public):
-        ax.scatter(pos[public, 0], pos[public, 1], s=60, facecolors="none", edgecolors="k", zorder=4,
-                   label="public node")
+        ax.scatter(
+            pos[public, 0], pos[public, 1], s=60, facecolors="none", edgecolors="k", zorder=4, label="public node"
+        )
     root = structure["root"]
-    ax.scatter(*pos[root], marker="*", s=350, c="gold", edgecolors="k", zorder=5, label="root")
+    ax.scatter([pos[root, 0]], [pos[root, 1]], marker="*", s=350, c="gold", edgecolors="k", zorder=5, label="root")
     others = np.array([n for n in range(devices, len(pos))], dtype=int)
     if len(others):
         ax.scatter(pos[others, 0], pos[others, 1], marker="s", s=30, c="0.4", zorder=2, label="infrastructure")

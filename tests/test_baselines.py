@@ -31,10 +31,17 @@ def make_workload(devices: int = 20, seed: int = 0) -> Workload:
     train = train[np.argsort(y[train], kind="stable")]
     model = build_model("softmax", (64,), 10)
     return Workload(
-        model=model, initial=init_params(model, seed), data=pack_fleet(x, y, np.array_split(train, devices)),
-        x_test=torch.from_numpy(x[test]), y_test=torch.from_numpy(y[test]),
-        graph=build_topology("random_links", devices, seed=seed), train=TrainConfig(lr=0.05, batch_size=16),
-        seed=seed, input_shape=(64,), num_classes=10, rounds=3,
+        model=model,
+        initial=init_params(model, seed),
+        data=pack_fleet(x, y, np.array_split(train, devices)),
+        x_test=torch.from_numpy(x[test]),
+        y_test=torch.from_numpy(y[test]),
+        graph=build_topology("random_links", devices, seed=seed),
+        train=TrainConfig(lr=0.05, batch_size=16),
+        seed=seed,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=3,
     )
 
 
@@ -57,8 +64,9 @@ def test_individual_devices_train_alone():
     device = torch.tensor([7])
     alone = {k: v.unsqueeze(0) for k, v in workload.initial.items()}
     for r in (1, 2):
-        alone = local_train(workload.model, alone, workload.data, device, workload.train, seed=workload.seed,
-                            round_index=r)
+        alone = local_train(
+            workload.model, alone, workload.data, device, workload.train, seed=workload.seed, round_index=r
+        )
     for name, tensor in alone.items():
         assert torch.allclose(protocol.params[name][7], tensor[0], atol=1e-6)  # type: ignore[attr-defined]
 
@@ -108,12 +116,15 @@ def test_grouped_builds_the_etree_tree():
     assert trees[0] == trees[1]
 
 
-@pytest.mark.parametrize(("options", "field"), [
-    ({"groups": [1]}, "groups"),
-    ({"groups": [4, 1], "ratios": [1]}, "ratios"),
-    ({"clustering": "spectral"}, "clustering"),
-    ({"delta": 0}, "delta"),
-])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"groups": [1]}, "groups"),
+        ({"groups": [4, 1], "ratios": [1]}, "ratios"),
+        ({"clustering": "spectral"}, "clustering"),
+        ({"delta": 0}, "delta"),
+    ],
+)
 def test_grouped_bad_options_name_the_field(options, field):
     with pytest.raises(ProtocolError, match=rf"protocols\.g\.{field}"):
         make_protocol("grouped", "g", options)

@@ -91,7 +91,12 @@ def test_missing_spec_file_and_missing_run_folder(tmp_path, capsys):
 def test_console_script_exit_status(tiny_spec, tmp_path):
     """The installed entry point reports bad input with exit 2 and no traceback."""
     etree = Path(sys.executable).with_name("etree")
-    done = subprocess.run([str(etree), "run", str(tiny_spec), "--set", "rounds=-1"], capture_output=True, text=True,
-                          env=os.environ | {"PYTHONWARNINGS": "ignore"}, check=False)
+    done = subprocess.run(
+        [str(etree), "run", str(tiny_spec), "--set", "rounds=-1"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONWARNINGS": "ignore"},
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: rounds")

@@ -50,9 +50,7 @@ def _one_line(exc: pytest.ExceptionInfo[ClientsError]) -> str:
 
 
 def test_registry_lists_every_loader() -> None:
-    assert {"digits", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "uci_har"} <= set(
-        DATASETS
-    )
+    assert {"digits", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "uci_har"} <= set(DATASETS)
 
 
 def test_duplicate_name_is_refused() -> None:
@@ -71,8 +69,11 @@ def test_unknown_dataset_lists_the_valid_ones() -> None:
 
 
 def test_unknown_option_names_the_field_and_lists_the_valid_ones() -> None:
-    with pytest.raises(ClientsError, match=r"^data\.colour: unknown option for dataset 'digits'; "
-                       r"valid options: test_fraction$"):
+    with pytest.raises(
+        ClientsError,
+        match=r"^data\.colour: unknown option for dataset 'digits'; "
+        r"valid options: test_fraction$",
+    ):
         load_dataset("digits", seed=0, devices=1, colour="red")
     assert dataset_options("synthetic")["alpha"] == 1.0
 
@@ -158,9 +159,7 @@ def test_mnist1d_is_the_standard_benchmark(standard_mnist1d: tuple[Path, Dataset
     assert np.isfinite(data.x_train).all() and abs(float(data.x_train.mean())) < 0.1
 
 
-def test_mnist1d_cache_is_reused(
-    standard_mnist1d: tuple[Path, Dataset], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_mnist1d_cache_is_reused(standard_mnist1d: tuple[Path, Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
     cache, data = standard_mnist1d
     assert len(list((cache / "mnist1d").glob("*.npz"))) == 1
     monkeypatch.setenv("ETREE_CACHE", str(cache))
@@ -196,8 +195,14 @@ def test_synthetic_natural_groups_cover_every_device() -> None:
 
 def test_synthetic_options_shape_the_data() -> None:
     data = load_dataset(
-        "synthetic", seed=1, devices=50, features=7, classes=3, samples_per_device=30,
-        samples_sigma=1.0, test_fraction=0.5,
+        "synthetic",
+        seed=1,
+        devices=50,
+        features=7,
+        classes=3,
+        samples_per_device=30,
+        samples_sigma=1.0,
+        test_fraction=0.5,
     )
     assert data.input_shape == (7,) and data.num_classes == 3
     assert data.natural_groups is not None
@@ -257,8 +262,7 @@ def _hf_splits(shape: tuple[int, ...], column: str, n: int = 6) -> dict[str, Any
     features = datasets.Features({column: datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
     return {
         part: datasets.Dataset.from_dict(
-            {column: [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)],
-             "label": list(range(n))},
+            {column: [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)], "label": list(range(n))},
             features=features,
         )
         for part in ("train", "test")
@@ -325,9 +329,7 @@ def test_hf_errors_become_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(ClientsError) as exc:
         load_dataset("mnist", seed=0, devices=1)
-    assert "(ConnectionError: Couldn't reach 'ylecun/mnist' on the Hub (LocalEntryNotFoundError))" in _one_line(
-        exc
-    )
+    assert "(ConnectionError: Couldn't reach 'ylecun/mnist' on the Hub (LocalEntryNotFoundError))" in _one_line(exc)
 
 
 def _har_zip(path: Path, *, nested: bool = False, rows: tuple[int, int] = (12, 5)) -> Path:
@@ -394,4 +396,3 @@ def test_cache_dir_follows_the_environment(offline: Path) -> None:
     from clients.datasets import cache_dir
 
     assert cache_dir() == offline
-

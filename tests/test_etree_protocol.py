@@ -36,10 +36,17 @@ def make_workload(devices: int = 24, seed: int = 0, *, kind: str = "random_links
     parts = np.array_split(train, devices)
     model = build_model("softmax", (64,), 10)
     return Workload(
-        model=model, initial=init_params(model, seed), data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x[test]), y_test=torch.from_numpy(y[test]),
-        graph=build_topology(kind, devices, seed=seed), train=TrainConfig(lr=lr, local_epochs=1, batch_size=16),
-        seed=seed, input_shape=(64,), num_classes=10, rounds=3,
+        model=model,
+        initial=init_params(model, seed),
+        data=pack_fleet(x, y, parts),
+        x_test=torch.from_numpy(x[test]),
+        y_test=torch.from_numpy(y[test]),
+        graph=build_topology(kind, devices, seed=seed),
+        train=TrainConfig(lr=lr, local_epochs=1, batch_size=16),
+        seed=seed,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=3,
     )
 
 
@@ -74,8 +81,9 @@ def test_every_device_has_one_path_of_heads_to_the_root(seed, groups):
 def test_every_head_is_the_delay_medoid_of_its_cluster(seed, clustering):
     net = NetworkModel(build_topology("random_links", 36, seed=seed))
     accuracy = np.random.default_rng(seed).uniform(0.3, 0.9, 36)
-    tree = build_etree_tree(net, 36, [6, 2, 1], accuracy=accuracy, clustering=clustering,
-                            rng=np.random.default_rng(seed)).tree
+    tree = build_etree_tree(
+        net, 36, [6, 2, 1], accuracy=accuracy, clustering=clustering, rng=np.random.default_rng(seed)
+    ).tree
     full = delay_matrix(net.graph)
     for level in range(tree.depth):
         below = np.arange(36) if level == 0 else tree.heads[level - 1]
@@ -123,23 +131,29 @@ def test_one_layer_tree_is_unweighted_fedavg(seed):
 def _hand_tree(public: list[int]) -> AggregationTree:
     # 12 devices, 3 clusters of 4 (heads 0, 4, 8), root 4
     parents = np.repeat(np.arange(3), 4)
-    return AggregationTree(heads=(np.array([0, 4, 8]), np.array([4])),
-                           parents=(parents, np.zeros(3, dtype=np.int64)), public=np.array(public, dtype=np.int64))
+    return AggregationTree(
+        heads=(np.array([0, 4, 8]), np.array([4])),
+        parents=(parents, np.zeros(3, dtype=np.int64)),
+        public=np.array(public, dtype=np.int64),
+    )
 
 
 def _hand_protocol(public, merge="mean", ratios=(1, 2)) -> tuple[TreeProtocol, Workload]:
     workload = make_workload(12, kind="random_links", lr=1e-12)  # lr ~ 0: training leaves models as set
     protocol = TreeProtocol("hand", lambda w, n: _hand_tree(public), ratios=list(ratios), public_merge=merge)
     protocol.setup(workload)
-    protocol.params = {name: torch.arange(12, dtype=torch.float32).view(-1, *[1] * t.dim()).expand(-1, *t.shape)
-                       .clone() for name, t in workload.initial.items()}  # device d holds the constant d
+    protocol.params = {
+        name: torch.arange(12, dtype=torch.float32).view(-1, *[1] * t.dim()).expand(-1, *t.shape).clone()
+        for name, t in workload.initial.items()
+    }  # device d holds the constant d
     return protocol, workload
 
 
 def test_identical_models_aggregate_to_themselves():
     protocol, workload = _hand_protocol([2, 9])
-    model = {name: torch.randn(t.shape, generator=torch.Generator().manual_seed(1)) for name, t in
-             workload.initial.items()}
+    model = {
+        name: torch.randn(t.shape, generator=torch.Generator().manual_seed(1)) for name, t in workload.initial.items()
+    }
     protocol.params = {name: t.unsqueeze(0).repeat(12, *[1] * t.dim()) for name, t in model.items()}
     for level in protocol._aggregate(torch.arange(12), 2):
         for name, tensor in level.items():
@@ -194,27 +208,30 @@ def test_same_seed_gives_identical_structure_and_metrics(seed):
 
 
 # -- options ----------------------------------------------------------------------
-@pytest.mark.parametrize(("options", "field"), [
-    ({"groups": [2, 3, 1]}, "groups"),
-    ({"groups": [4, 2]}, "groups"),
-    ({"groups": []}, "groups"),
-    ({"groups": [4, 0, 1]}, "groups"),
-    ({"groups": "8,1"}, "groups"),
-    ({"groups": [4, 2, 1]}, "ratios"),
-    ({"ratios": [1, 0]}, "ratios"),
-    ({"clustering": "kmeans"}, "clustering"),
-    ({"delta": -0.1}, "delta"),
-    ({"pretrain_epochs": 0}, "pretrain_epochs"),
-    ({"public_samples": 0}, "public_samples"),
-    ({"max_iterations": 0}, "max_iterations"),
-    ({"public_nodes": "yes"}, "public_nodes"),
-    ({"gamma": 0}, "gamma"),
-    ({"gamma": 1.5}, "gamma"),
-    ({"public_merge": "max"}, "public_merge"),
-    ({"weighted": 1}, "weighted"),
-    ({"participation": 0}, "participation"),
-    ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"groups": [2, 3, 1]}, "groups"),
+        ({"groups": [4, 2]}, "groups"),
+        ({"groups": []}, "groups"),
+        ({"groups": [4, 0, 1]}, "groups"),
+        ({"groups": "8,1"}, "groups"),
+        ({"groups": [4, 2, 1]}, "ratios"),
+        ({"ratios": [1, 0]}, "ratios"),
+        ({"clustering": "kmeans"}, "clustering"),
+        ({"delta": -0.1}, "delta"),
+        ({"pretrain_epochs": 0}, "pretrain_epochs"),
+        ({"public_samples": 0}, "public_samples"),
+        ({"max_iterations": 0}, "max_iterations"),
+        ({"public_nodes": "yes"}, "public_nodes"),
+        ({"gamma": 0}, "gamma"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"public_merge": "max"}, "public_merge"),
+        ({"weighted": 1}, "weighted"),
+        ({"participation": 0}, "participation"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ProtocolError, match=rf"protocols\.lab\.{field}"):
         make_protocol("etree", "lab", options)

@@ -28,7 +28,8 @@ from clients.fleet import pack_fleet
 from clients.models import ParamStack, build_model, init_params
 from clients.training import TrainConfig
 from etree import ProtocolError, Record, Workload, make_protocol, run_protocol
-from etree.flower_fedavg import GUEST_ENVIRONMENT, FlowerFedAvg, participants
+from etree.flower_fedavg import GUEST_ENVIRONMENT, FlowerFedAvg
+from etree.hierarchical import participants
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "benchmarks" / "check_no_outbound.py"
@@ -45,11 +46,17 @@ def _workload() -> Workload:
     parts = [np.sort(p[: 20 + 5 * d]) for d, p in enumerate(parts)]  # 20..55 samples
     model = build_model("softmax", (64,), 10)
     return Workload(
-        model=model, initial=init_params(model, 1), data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x[test]), y_test=torch.from_numpy(y[test]),
+        model=model,
+        initial=init_params(model, 1),
+        data=pack_fleet(x, y, parts),
+        x_test=torch.from_numpy(x[test]),
+        y_test=torch.from_numpy(y[test]),
         graph=topologies.build_topology("random_geometric", DEVICES, seed=0),
-        train=TrainConfig(lr=0.1, local_epochs=1, batch_size=8), seed=7,
-        input_shape=(64,), num_classes=10, rounds=ROUNDS,
+        train=TrainConfig(lr=0.1, local_epochs=1, batch_size=8),
+        seed=7,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=ROUNDS,
     )
 
 
@@ -154,16 +161,19 @@ def test_flower_run_leaves_no_ray_process_and_restores_environment():
     while (left := _ray_leftovers(protocol.run.ray_session_dir)) and time.monotonic() < deadline:
         time.sleep(0.5)  # processes told to stop may take a moment to exit
     assert not left, "Ray processes left behind:\n" + "\n".join(left)
-    print(f"\nflower setup (Ray start + {ROUNDS} rounds + shutdown): {flower_s:.1f} s; "
-          f"run_simulation alone {protocol.run.wall_s:.1f} s")
+    print(
+        f"\nflower setup (Ray start + {ROUNDS} rounds + shutdown): {flower_s:.1f} s; "
+        f"run_simulation alone {protocol.run.wall_s:.1f} s"
+    )
 
 
 def test_no_outbound_connection():
     """Every IP connect of a small Flower run, in every process it starts, goes to loopback."""
     if shutil.which("strace") is None:
         pytest.fail("strace is not installed: install it (apt-get install -y strace) to check Flower stays offline")
-    done = subprocess.run([sys.executable, str(CHECK_SCRIPT)], capture_output=True, text=True, check=False,
-                          cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(CHECK_SCRIPT)], capture_output=True, text=True, check=False, cwd=ROOT, timeout=300
+    )
     print(done.stdout)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
     assert "only loopback: OK" in done.stdout
@@ -179,21 +189,23 @@ def _check_script() -> ModuleType:
 
 
 def test_connect_parser_flags_everything_outside_loopback():
-    trace = "\n".join([
-        '101 connect(7, {sa_family=AF_INET, sin_port=htons(6379), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
-        '101 connect(8, {sa_family=AF_INET6, sin6_port=htons(5), sin6_flowinfo=htonl(0), '
-        'inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr), sin6_scope_id=0}, 28) = -1 EINPROGRESS',
-        '102 connect(3, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
-        '103 connect(23, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("169.254.169.254")}, 16 '
-        '<unfinished ...>',
-        '104 connect(6, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("8.8.8.8")}, 16) = 0',
-        '105 connect(9, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), '
-        'inet_pton(AF_INET6, "2001:db8::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
-        '106 connect(4, {sa_family=AF_INET6, sin6_port=htons(9), sin6_flowinfo=htonl(0), '
-        'inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
-        '107 connect(5, {sa_family=AF_INET, sin_port=htons(1), somethingnew}, 16) = 0',
-        '108 <... connect resumed>)            = 0',
-    ])
+    trace = "\n".join(
+        [
+            '101 connect(7, {sa_family=AF_INET, sin_port=htons(6379), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+            "101 connect(8, {sa_family=AF_INET6, sin6_port=htons(5), sin6_flowinfo=htonl(0), "
+            'inet_pton(AF_INET6, "::ffff:127.0.0.1", &sin6_addr), sin6_scope_id=0}, 28) = -1 EINPROGRESS',
+            '102 connect(3, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, 110) = -1 ENOENT',
+            '103 connect(23, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("169.254.169.254")}, 16 '
+            "<unfinished ...>",
+            '104 connect(6, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("8.8.8.8")}, 16) = 0',
+            "105 connect(9, {sa_family=AF_INET6, sin6_port=htons(443), sin6_flowinfo=htonl(0), "
+            'inet_pton(AF_INET6, "2001:db8::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
+            "106 connect(4, {sa_family=AF_INET6, sin6_port=htons(9), sin6_flowinfo=htonl(0), "
+            'inet_pton(AF_INET6, "::1", &sin6_addr), sin6_scope_id=0}, 28) = 0',
+            "107 connect(5, {sa_family=AF_INET, sin_port=htons(1), somethingnew}, 16) = 0",
+            "108 <... connect resumed>)            = 0",
+        ]
+    )
     connects, unread = _check_script().parse_connects(trace)
     outside = sorted(c.address for c in connects if not c.loopback)
     assert outside == ["169.254.169.254", "2001:db8::1", "8.8.8.8"]

@@ -39,10 +39,17 @@ def _workload(digits, parts, graph, *, seed=1, rounds=15):
     x, y, x_test, y_test = digits
     model = build_model("softmax", (64,), 10)
     return Workload(
-        model=model, initial=init_params(model, 0), data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x_test), y_test=torch.from_numpy(y_test), graph=graph,
-        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4), seed=seed,
-        input_shape=(64,), num_classes=10, rounds=rounds,
+        model=model,
+        initial=init_params(model, 0),
+        data=pack_fleet(x, y, parts),
+        x_test=torch.from_numpy(x_test),
+        y_test=torch.from_numpy(y_test),
+        graph=graph,
+        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4),
+        seed=seed,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=rounds,
     )
 
 
@@ -223,8 +230,12 @@ def test_non_iid_gossip_falls_behind_fedavg(digits):
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"overlay": "ring"}, "overlay"), ({"merge": "sum"}, "merge"), ({"eval_devices": 0}, "eval_devices"),
-     ({"voted": 1}, "voted")],
+    [
+        ({"overlay": "ring"}, "overlay"),
+        ({"merge": "sum"}, "merge"),
+        ({"eval_devices": 0}, "eval_devices"),
+        ({"voted": 1}, "voted"),
+    ],
 )
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ProtocolError, match=rf"protocols\.g\.{field}"):

@@ -36,10 +36,17 @@ def _workload(digits, graph, devices, *, rounds=6, seed=1):
     parts = np.split(order[: sizes.sum()], np.cumsum(sizes)[:-1])
     model = build_model("softmax", (64,), 10)
     return Workload(
-        model=model, initial=init_params(model, 0), data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x_test), y_test=torch.from_numpy(y_test), graph=graph,
-        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4), seed=seed,
-        input_shape=(64,), num_classes=10, rounds=rounds,
+        model=model,
+        initial=init_params(model, 0),
+        data=pack_fleet(x, y, parts),
+        x_test=torch.from_numpy(x_test),
+        y_test=torch.from_numpy(y_test),
+        graph=graph,
+        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4),
+        seed=seed,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=rounds,
     )
 
 
@@ -98,8 +105,9 @@ def test_one_epoch_per_aggregation_equals_weighted_fedavg(digits):
 def test_cloud_aggregates_every_kappa1_times_kappa2_rounds(digits):
     graph = build_topology("edge_cloud", 40, seed=3, edge_servers=3)
     workload = _workload(digits, graph, 40, rounds=12)
-    records = list(run_protocol(make_protocol("hierfavg", "h", {"kappa1": 2, "kappa2": 3}), workload,
-                                rounds=12, eval_every=1))
+    records = list(
+        run_protocol(make_protocol("hierfavg", "h", {"kappa1": 2, "kappa2": 3}), workload, rounds=12, eval_every=1)
+    )
     counted = {r.round: r.value for r in records if r.metric == "root_aggregations"}
     assert counted == {r: float(r // 6) for r in range(6, 13)}
     sent = {r.round: r.bytes_sent for r in records if r.metric == "accuracy"}
@@ -109,8 +117,12 @@ def test_cloud_aggregates_every_kappa1_times_kappa2_rounds(digits):
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"kappa1": 0}, "kappa1"), ({"kappa2": 1.5}, "kappa2"), ({"edge_servers": True}, "edge_servers"),
-     ({"participation": 0.0}, "participation")],
+    [
+        ({"kappa1": 0}, "kappa1"),
+        ({"kappa2": 1.5}, "kappa2"),
+        ({"edge_servers": True}, "edge_servers"),
+        ({"participation": 0.0}, "participation"),
+    ],
 )
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ProtocolError, match=rf"protocols\.h\.{field}"):

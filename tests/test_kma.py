@@ -94,7 +94,7 @@ def test_centres_are_delay_medoids_of_their_clusters(seed, method):
     net = _network("random_links", 40, seed)
     accuracy = np.random.default_rng(seed + 10).uniform(0.3, 0.9, 40)
     rng = np.random.default_rng(seed)
-    found = (kma_clusters(net, accuracy, 6, rng=rng) if method == "kma" else kmedoids_clusters(net, 6, rng=rng))
+    found = kma_clusters(net, accuracy, 6, rng=rng) if method == "kma" else kmedoids_clusters(net, 6, rng=rng)
     full = delay_matrix(net.graph)
     assert sorted(np.unique(found.labels).tolist()) == list(range(6))
     assert len(set(found.centres.tolist())) == 6

@@ -85,9 +85,7 @@ def test_dirichlet_covers_everything_and_respects_the_minimum(seed: int) -> None
 @pytest.mark.parametrize("seed", SEEDS)
 def test_smaller_alpha_is_more_skewed(seed: int) -> None:
     def entropy(alpha: float) -> float:
-        parts = partition_indices(
-            LABELS, 20, scheme="dirichlet", seed=seed, alpha=alpha, min_partition_size=0
-        )
+        parts = partition_indices(LABELS, 20, scheme="dirichlet", seed=seed, alpha=alpha, min_partition_size=0)
         return _entropy(LABELS, [p for p in parts if len(p)], 10)
 
     skewed, mild, flat = entropy(0.1), entropy(1.0), entropy(100.0)
@@ -159,20 +157,32 @@ def test_label_histograms_count_each_device() -> None:
     [
         (0, {"scheme": "iid"}, "devices: 0 must be an integer >= 1"),
         (2000, {"scheme": "iid"}, "devices: 2000 is more than the 1797 training samples"),
-        (5, {"scheme": "shards"}, "data.partition: unknown 'shards'; choose one of: dirichlet, iid, natural, "
-         "pathological"),
+        (
+            5,
+            {"scheme": "shards"},
+            "data.partition: unknown 'shards'; choose one of: dirichlet, iid, natural, pathological",
+        ),
         (5, {"scheme": "dirichlet", "alpha": 0.0}, "data.alpha: 0.0 must be a finite number > 0"),
         (5, {"scheme": "dirichlet", "alpha": float("nan")}, "data.alpha: nan must be"),
         (5, {"scheme": "iid", "seed": -3}, "seed: -3 must be an integer >= 0"),
         (5, {"scheme": "pathological", "classes_per_device": 0}, "data.classes_per_device: 0 must be"),
-        (5, {"scheme": "pathological", "classes_per_device": 11},
-         "data.classes_per_device: 11 is more than the 10 classes"),
+        (
+            5,
+            {"scheme": "pathological", "classes_per_device": 11},
+            "data.classes_per_device: 11 is more than the 10 classes",
+        ),
         (5, {"scheme": "iid", "min_partition_size": -1}, "data.min_partition_size: -1 must be"),
         (100, {"scheme": "iid", "min_partition_size": 18}, "data.min_partition_size: 18 samples on each of 100"),
-        (1000, {"scheme": "pathological", "classes_per_device": 2},
-         "data.classes_per_device: 2 classes on each of 1000 devices puts a class on 200 devices"),
-        (110, {"scheme": "pathological", "classes_per_device": 1, "min_partition_size": 16},
-         "data.min_partition_size: 16 is not met: the pathological partition gives device"),
+        (
+            1000,
+            {"scheme": "pathological", "classes_per_device": 2},
+            "data.classes_per_device: 2 classes on each of 1000 devices puts a class on 200 devices",
+        ),
+        (
+            110,
+            {"scheme": "pathological", "classes_per_device": 1, "min_partition_size": 16},
+            "data.min_partition_size: 16 is not met: the pathological partition gives device",
+        ),
         (3, {"scheme": "natural"}, "data.partition: 'natural' needs a dataset split over devices"),
     ],
 )

@@ -9,8 +9,7 @@ from experiments.spec import SpecError, apply_overrides, load_spec, spec_from_di
 
 
 def _raw(**changes):
-    raw = {"seed": 1, "rounds": 3, "topology": {"kind": "grid_2d", "devices": 9},
-           "protocols": [{"name": "fedavg"}]}
+    raw = {"seed": 1, "rounds": 3, "topology": {"kind": "grid_2d", "devices": 9}, "protocols": [{"name": "fedavg"}]}
     raw.update(changes)
     return raw
 

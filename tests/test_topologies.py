@@ -104,9 +104,7 @@ def test_random_geometric_links_exactly_the_pairs_within_radius() -> None:
 
 
 def test_geometric_latency_follows_distance() -> None:
-    graph = build_topology(
-        "random_geometric", 50, seed=3, base_latency_s=0.002, latency_per_unit_s=0.1
-    )
+    graph = build_topology("random_geometric", 50, seed=3, base_latency_s=0.002, latency_per_unit_s=0.1)
     for u, v, data in graph.edges(data=True):
         expected = 0.002 + 0.1 * math.dist(graph.nodes[u]["pos"], graph.nodes[v]["pos"])
         assert data["latency_s"] == pytest.approx(expected)
@@ -305,9 +303,7 @@ def test_graphml_puts_devices_first_and_scales_positions_into_the_square(
 
 def test_edgelist_loads_attributes_and_defaults(tmp_path: Path) -> None:
     path = tmp_path / "net.txt"
-    path.write_text(
-        "# u v latency_s bandwidth_bps\n1 2 0.010 5e7\n2 10 0.020   # no bandwidth given\n\n10 1\n"
-    )
+    path.write_text("# u v latency_s bandwidth_bps\n1 2 0.010 5e7\n2 10 0.020   # no bandwidth given\n\n10 1\n")
     graph = build_topology("edgelist", 3, seed=1, path=str(path))
     assert_contract(graph, "edgelist", 3)
     assert graph.edges[0, 1] == {"latency_s": 0.010, "bandwidth_bps": 5e7}

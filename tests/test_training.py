@@ -48,8 +48,16 @@ def test_batched_training_equals_per_device_loop(fleet_parts, kind, batch_size):
     model = build_model(kind, (64,), 10)
     initial = init_params(model, seed=11)
     config = TrainConfig(lr=0.05, local_epochs=3, batch_size=batch_size)
-    batched = local_train(model, replicate(initial, len(parts)), fleet, torch.arange(len(parts)), config,
-                          seed=5, round_index=2, chunk_size=5)
+    batched = local_train(
+        model,
+        replicate(initial, len(parts)),
+        fleet,
+        torch.arange(len(parts)),
+        config,
+        seed=5,
+        round_index=2,
+        chunk_size=5,
+    )
     reference = _loop_reference(kind, initial, fleet, parts, config, seed=5, round_index=2)
     worst = max((batched[k][d] - reference[d][k]).abs().max().item() for d in range(len(parts)) for k in initial)
     assert worst < 1e-5
@@ -59,7 +67,7 @@ def test_batched_training_equals_per_device_loop(fleet_parts, kind, batch_size):
 
 def test_device_stream_does_not_depend_on_batch(fleet_parts):
     """A device trains identically alone or inside the whole fleet (per-device random streams)."""
-    fleet, parts = fleet_parts
+    fleet, _ = fleet_parts
     model = build_model("softmax", (64,), 10)
     initial = init_params(model, seed=1)
     config = TrainConfig(lr=0.1, local_epochs=2, batch_size=2)
@@ -70,7 +78,7 @@ def test_device_stream_does_not_depend_on_batch(fleet_parts):
 
 
 def test_training_does_not_mutate_its_input(fleet_parts):
-    fleet, parts = fleet_parts
+    fleet, _ = fleet_parts
     model = build_model("softmax", (64,), 10)
     stack = replicate(init_params(model, seed=1), 12)
     before = {k: v.clone() for k, v in stack.items()}

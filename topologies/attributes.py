@@ -139,6 +139,4 @@ def geometric_graph(
     """Annotate a flat device graph: latency from link length, uniform bandwidth and compute."""
     pairs = as_edge_array(edges)
     latency = geometric_latency(positions, pairs, links.base_latency_s, links.latency_per_unit_s)
-    return annotated_graph(
-        kind, devices, positions, pairs, latency, links.bandwidth_bps, links.compute_flops
-    )
+    return annotated_graph(kind, devices, positions, pairs, latency, links.bandwidth_bps, links.compute_flops)

@@ -40,9 +40,7 @@ def check_seed(seed: Any) -> int:
 def positive_float(name: str, value: Any) -> float:
     """Return ``value`` as a float, refusing non-numbers, NaN, infinities and values <= 0."""
     if not is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
-        raise TopologyError(
-            f"{_field(name)}: {value!r} is not allowed; must be a positive finite number"
-        )
+        raise TopologyError(f"{_field(name)}: {value!r} is not allowed; must be a positive finite number")
     return float(value)
 
 
@@ -57,7 +55,5 @@ def one_of(name: str, value: Any, allowed: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``allowed``; the error lists them sorted."""
     choices = sorted(allowed)
     if not isinstance(value, str) or value not in choices:
-        raise TopologyError(
-            f"{_field(name)}: unknown {value!r}; choose one of: {', '.join(choices)}"
-        )
+        raise TopologyError(f"{_field(name)}: unknown {value!r}; choose one of: {', '.join(choices)}")
     return value

@@ -61,6 +61,5 @@ def retry_until_connected(
         if is_connected(result):
             return result
     raise TopologyError(
-        f"{field}: {value!r} left the graph disconnected in all {MAX_ATTEMPTS} draws "
-        f"from seed {seed}; {hint}"
+        f"{field}: {value!r} left the graph disconnected in all {MAX_ATTEMPTS} draws from seed {seed}; {hint}"
     )

@@ -29,8 +29,7 @@ def _link_matrices(graph: nx.Graph, *weights: str) -> list[sparse.csr_array]:
     """
     if graph.is_directed() or graph.is_multigraph():
         raise TopologyError(
-            f"graph: a {type(graph).__name__} is not allowed; topologies are simple undirected "
-            "nx.Graph objects"
+            f"graph: a {type(graph).__name__} is not allowed; topologies are simple undirected nx.Graph objects"
         )
     n = graph.number_of_nodes()
     nodes: list[Any] = []
@@ -46,14 +45,12 @@ def _link_matrices(graph: nx.Graph, *weights: str) -> list[sparse.csr_array]:
                 column.extend(map(itemgetter(name), neighbours.values()))
     except KeyError as error:
         raise TopologyError(
-            f"graph.edges: a link lacks attribute {error.args[0]!r}; "
-            "build graphs with topologies.build_topology"
+            f"graph.edges: a link lacks attribute {error.args[0]!r}; build graphs with topologies.build_topology"
         ) from error
     labels = np.asarray(nodes if all(isinstance(v, int) for v in nodes) else [-1])
     if not np.array_equal(np.sort(labels), np.arange(n)):
         raise TopologyError(
-            f"graph.nodes: graph nodes are not the integers 0..{n - 1}; "
-            "build graphs with topologies.build_topology"
+            f"graph.nodes: graph nodes are not the integers 0..{n - 1}; build graphs with topologies.build_topology"
         )
     rows = np.repeat(labels.astype(np.int64), degrees)
     cols = np.asarray(targets, dtype=np.int64)
@@ -61,9 +58,7 @@ def _link_matrices(graph: nx.Graph, *weights: str) -> list[sparse.csr_array]:
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     return [
-        sparse.csr_array(
-            (np.asarray(column, dtype=np.float64)[order], cols[order], indptr), shape=(n, n)
-        )
+        sparse.csr_array((np.asarray(column, dtype=np.float64)[order], cols[order], indptr), shape=(n, n))
         for column in values
     ]
 
@@ -81,9 +76,7 @@ def _indices(graph: nx.Graph, nodes: Sequence[int], field: str) -> NDArray[np.in
         raise TopologyError(f"{field}: {nodes!r} is not a sequence of node ids") from error
     bad = index[(index < 0) | (index >= n)]
     if len(bad):
-        raise TopologyError(
-            f"{field}: node {int(bad[0])!r} is not in the graph; nodes are 0..{n - 1}"
-        )
+        raise TopologyError(f"{field}: node {int(bad[0])!r} is not in the graph; nodes are 0..{n - 1}")
     return index
 
 
@@ -108,11 +101,7 @@ def delay_matrix(graph: nx.Graph, nodes: Sequence[int] | None = None) -> NDArray
     Memory is ``len(nodes) * n`` floats; for large fleets pass the nodes that
     matter or use :func:`delays_from`.
     """
-    index = (
-        np.arange(graph.number_of_nodes(), dtype=np.int64)
-        if nodes is None
-        else _indices(graph, nodes, "nodes")
-    )
+    index = np.arange(graph.number_of_nodes(), dtype=np.int64) if nodes is None else _indices(graph, nodes, "nodes")
     return delays_from(graph, index.tolist())[:, index]
 
 

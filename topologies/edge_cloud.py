@@ -85,11 +85,7 @@ def edge_cloud(
     """
     devices = check_devices(devices)
     seed = check_seed(seed)
-    servers = (
-        max(1, devices // 20)
-        if edge_servers is None
-        else positive_int("edge_servers", edge_servers)
-    )
+    servers = max(1, devices // 20) if edge_servers is None else positive_int("edge_servers", edge_servers)
     backbone = one_of("backbone", backbone, BACKBONES)
     mesh_k = positive_int("mesh_k", mesh_k)
     access = (
@@ -137,9 +133,7 @@ def edge_cloud(
             np.full(servers, cloud_latency),
         ]
     )
-    bandwidth = np.concatenate(
-        [np.full(len(edges), bw) for edges, bw in zip(tiers, bandwidths, strict=True)]
-    )
+    bandwidth = np.concatenate([np.full(len(edges), bw) for edges, bw in zip(tiers, bandwidths, strict=True)])
     counts = (devices, servers, 1)
     node_flops = np.concatenate([np.full(c, f) for c, f in zip(counts, flops, strict=True)])
     roles = ["device"] * devices + ["edge"] * servers + ["cloud"]

@@ -77,10 +77,7 @@ def random_geometric(
         seed=seed,
         field="topology.radius",
         value=r,
-        hint=(
-            f"raise topology.radius (about {connectivity_radius(devices):.3g} connects "
-            f"{devices} devices w.h.p.)"
-        ),
+        hint=(f"raise topology.radius (about {connectivity_radius(devices):.3g} connects {devices} devices w.h.p.)"),
     )
     return geometric_graph(
         "random_geometric",

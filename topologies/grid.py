@@ -43,7 +43,5 @@ def grid_2d(
     positions = np.column_stack([(col + 0.5) / cols, (row + 0.5) / cols]).astype(np.float64)
     across = ids[(col < cols - 1) & (ids + 1 < devices)]
     down = ids[ids + cols < devices]
-    edges = np.concatenate(
-        [np.column_stack([across, across + 1]), np.column_stack([down, down + cols])]
-    )
+    edges = np.concatenate([np.column_stack([across, across + 1]), np.column_stack([down, down + cols])])
     return geometric_graph("grid_2d", devices, positions, edges, links)

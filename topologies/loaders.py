@@ -54,8 +54,7 @@ def _number(source: str, where: str, name: str, value: Any) -> float:
         number = math.nan
     if not (math.isfinite(number) and number > 0):
         raise TopologyError(
-            f"topology.path: {where} in {source!r} has {name} {value!r}; "
-            "must be a positive finite number"
+            f"topology.path: {where} in {source!r} has {name} {value!r}; must be a positive finite number"
         )
     return number
 
@@ -92,9 +91,7 @@ def _into_unit_square(positions: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def _check_shape(raw: nx.Graph, source: str) -> None:
     if raw.number_of_nodes() == 0:
-        raise TopologyError(
-            f"topology.path: file {source!r} holds no nodes; need a connected graph"
-        )
+        raise TopologyError(f"topology.path: file {source!r} holds no nodes; need a connected graph")
     loops = list(nx.selfloop_edges(raw))
     if loops:
         raise TopologyError(
@@ -104,8 +101,7 @@ def _check_shape(raw: nx.Graph, source: str) -> None:
     parts = nx.number_connected_components(raw)
     if parts > 1:
         raise TopologyError(
-            f"topology.path: graph in {source!r} has {parts} connected components; "
-            "the topology must be connected"
+            f"topology.path: graph in {source!r} has {parts} connected components; the topology must be connected"
         )
 
 
@@ -146,18 +142,12 @@ def annotate_loaded(raw: nx.Graph, kind: str, devices: int, *, seed: int, source
     for i, (u, v, data) in enumerate(raw.edges(data=True)):
         where = f"edge ({u!r}, {v!r})"
         latency.append(
-            _number(source, where, "latency_s", data["latency_s"])
-            if "latency_s" in data
-            else float(default_latency[i])
+            _number(source, where, "latency_s", data["latency_s"]) if "latency_s" in data else float(default_latency[i])
         )
         bandwidth.append(
-            _number(source, where, "bandwidth_bps", data["bandwidth_bps"])
-            if "bandwidth_bps" in data
-            else BANDWIDTH_BPS
+            _number(source, where, "bandwidth_bps", data["bandwidth_bps"]) if "bandwidth_bps" in data else BANDWIDTH_BPS
         )
-    graph = annotated_graph(
-        kind, devices, positions, edges, latency, bandwidth, flops, [roles[n] for n in order]
-    )
+    graph = annotated_graph(kind, devices, positions, edges, latency, bandwidth, flops, [roles[n] for n in order])
     graph.graph["source"] = source
     return graph
 
@@ -186,9 +176,7 @@ def graphml(devices: int, *, seed: int, path: PathLike) -> nx.Graph:
         raise TopologyError(
             f"topology.path: file {str(file)!r} is not valid graphml ({error}); give a graphml file"
         ) from error
-    return annotate_loaded(
-        nx.Graph(raw.to_undirected()), "graphml", devices, seed=seed, source=str(file)
-    )
+    return annotate_loaded(nx.Graph(raw.to_undirected()), "graphml", devices, seed=seed, source=str(file))
 
 
 def read_edge_lines(lines: list[str], source: str) -> nx.Graph:
@@ -206,8 +194,7 @@ def read_edge_lines(lines: list[str], source: str) -> nx.Graph:
         u, v = fields[0], fields[1]
         if raw.has_edge(u, v):
             raise TopologyError(
-                f"topology.path: line {number} of {source!r} repeats link ({u!r}, {v!r}); "
-                "list each link once"
+                f"topology.path: line {number} of {source!r} repeats link ({u!r}, {v!r}); list each link once"
             )
         attrs = dict(zip(("latency_s", "bandwidth_bps"), fields[2:], strict=False))
         where = f"line {number}"
@@ -236,9 +223,7 @@ def write_graphml(graph: nx.Graph, path: PathLike) -> None:
     ``pos_x`` and ``pos_y``; graph attributes that are not scalars are dropped.
     """
     out = nx.Graph()
-    out.graph.update(
-        {k: v for k, v in graph.graph.items() if isinstance(v, str | int | float | bool)}
-    )
+    out.graph.update({k: v for k, v in graph.graph.items() if isinstance(v, str | int | float | bool)})
     for node, data in graph.nodes(data=True):
         attrs = {k: v for k, v in data.items() if k != "pos"}
         if "pos" in data:

@@ -43,9 +43,7 @@ def _codes(edges: NDArray[np.int64], n: int) -> NDArray[np.int64]:
     return np.minimum(edges[:, 0], edges[:, 1]) * n + np.maximum(edges[:, 0], edges[:, 1])
 
 
-def _extra_links(
-    rng: np.random.Generator, n: int, taken: NDArray[np.int64], count: int
-) -> NDArray[np.int64]:
+def _extra_links(rng: np.random.Generator, n: int, taken: NDArray[np.int64], count: int) -> NDArray[np.int64]:
     """``count`` distinct pairs, uniformly among pairs whose codes are not in ``taken``."""
     if count == 0:
         return np.empty(0, dtype=np.int64)
@@ -89,21 +87,15 @@ def random_links(
     most = devices * (devices - 1) // 2
     if links is None:
         links = min(3 * devices, most)
-    elif (
-        isinstance(links, bool)
-        or not isinstance(links, Integral)
-        or not devices - 1 <= links <= most
-    ):
+    elif isinstance(links, bool) or not isinstance(links, Integral) or not devices - 1 <= links <= most:
         raise TopologyError(
-            f"topology.links: {links!r} is not allowed; {devices} devices need an int in "
-            f"[{devices - 1}, {most}]"
+            f"topology.links: {links!r} is not allowed; {devices} devices need an int in [{devices - 1}, {most}]"
         )
     low = positive_int("min_latency_ms", min_latency_ms)
     high = positive_int("max_latency_ms", max_latency_ms)
     if high < low:
         raise TopologyError(
-            f"topology.max_latency_ms: {high!r} is not allowed; must be at least "
-            f"topology.min_latency_ms ({low})"
+            f"topology.max_latency_ms: {high!r} is not allowed; must be at least topology.min_latency_ms ({low})"
         )
     bandwidth = positive_float("bandwidth_bps", bandwidth_bps)
     flops = positive_float("compute_flops", compute_flops)
@@ -114,6 +106,4 @@ def random_links(
     edges = np.concatenate([tree, np.column_stack(np.divmod(extra, devices))]).astype(np.int64)
     latency_ms = rng.integers(low, high + 1, size=len(edges))
     positions = uniform_positions(np.random.default_rng(derived_seed(seed, 1)), devices)
-    return annotated_graph(
-        "random_links", devices, positions, edges, latency_ms / 1000.0, bandwidth, flops
-    )
+    return annotated_graph("random_links", devices, positions, edges, latency_ms / 1000.0, bandwidth, flops)

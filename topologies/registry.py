@@ -29,9 +29,7 @@ def register_topology(name: str) -> Callable[[Generator], Generator]:
             raise TopologyError(f"topology.kind: {name!r} is already registered")
         params = inspect.signature(fn).parameters
         if "seed" not in params or params["seed"].kind is not inspect.Parameter.KEYWORD_ONLY:
-            raise TopologyError(
-                f"topology.kind: generator {name!r} must take a keyword-only 'seed'"
-            )
+            raise TopologyError(f"topology.kind: generator {name!r} must take a keyword-only 'seed'")
         TOPOLOGIES[name] = fn
         return fn
 
@@ -50,9 +48,7 @@ def topology_options(kind: str) -> dict[str, inspect.Parameter]:
 
 def _generator(kind: Any) -> Generator:
     if not isinstance(kind, str) or kind not in TOPOLOGIES:
-        raise TopologyError(
-            f"topology.kind: unknown {kind!r}; choose one of: {', '.join(sorted(TOPOLOGIES))}"
-        )
+        raise TopologyError(f"topology.kind: unknown {kind!r}; choose one of: {', '.join(sorted(TOPOLOGIES))}")
     return TOPOLOGIES[kind]
 
 
@@ -61,9 +57,7 @@ def _check_options(kind: str, options: dict[str, Any]) -> None:
     valid = ", ".join(sorted(accepted)) or "(none)"
     for name in sorted(options):
         if name not in accepted:
-            raise TopologyError(
-                f"topology.{name}: unknown option {name!r} for {kind!r}; valid options: {valid}"
-            )
+            raise TopologyError(f"topology.{name}: unknown option {name!r} for {kind!r}; valid options: {valid}")
     for name, param in sorted(accepted.items()):
         if param.default is inspect.Parameter.empty and name not in options:
             raise TopologyError(f"topology.{name}: required by {kind!r} but not given")
@@ -72,13 +66,9 @@ def _check_options(kind: str, options: dict[str, Any]) -> None:
         # is a positive quantity; generators check finer rules themselves.
         numeric_default = is_number(accepted[name].default)
         if isinstance(value, bool) and numeric_default:
-            raise TopologyError(
-                f"topology.{name}: {value!r} is not allowed; must be a positive number"
-            )
+            raise TopologyError(f"topology.{name}: {value!r} is not allowed; must be a positive number")
         if is_number(value) and not (math.isfinite(float(value)) and float(value) > 0):
-            raise TopologyError(
-                f"topology.{name}: {value!r} is not allowed; must be a positive finite number"
-            )
+            raise TopologyError(f"topology.{name}: {value!r} is not allowed; must be a positive finite number")
 
 
 def build_topology(kind: str, devices: int, *, seed: int, **options: Any) -> nx.Graph:

@@ -43,11 +43,7 @@ def barabasi_albert(
     m = positive_int("m", m)
     links = LinkModel(base_latency_s, latency_per_unit_s, bandwidth_bps, compute_flops)
     if m >= devices:
-        raise TopologyError(
-            f"topology.m: {m!r} is not allowed; must be below topology.devices ({devices})"
-        )
+        raise TopologyError(f"topology.m: {m!r} is not allowed; must be below topology.devices ({devices})")
     graph = nx.barabasi_albert_graph(devices, m, seed=derived_seed(seed, 0))
     positions = uniform_positions(np.random.default_rng(derived_seed(seed, 1)), devices)
-    return geometric_graph(
-        "barabasi_albert", devices, positions, as_edge_array(list(graph.edges())), links
-    )
+    return geometric_graph("barabasi_albert", devices, positions, as_edge_array(list(graph.edges())), links)
