@@ -7,42 +7,65 @@ import tomllib
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from experiments.metrics_file import read_metrics
+from experiments.metrics_file import Series, read_metrics
 
 AXES = (
     ("rounds", "round (one local epoch of every device)", False),
     ("sim_time_s", "simulated time (s)", False),
     ("bytes_sent", "bytes sent (all links)", True),
 )
+ROOT_AXIS = "root aggregations (global merges; the E-Tree paper's likely x-axis)"
+
+
+def _root_aggregations(metrics: dict[str, Series]) -> np.ndarray | None:
+    """Cumulative root aggregations at each evaluated round (None if the protocol has no root)."""
+    if "root_aggregations" not in metrics:
+        return None
+    counts = dict(zip(metrics["root_aggregations"].rounds.tolist(), metrics["root_aggregations"].values, strict=True))
+    return np.array([counts.get(r, 0.0) for r in metrics["accuracy"].rounds.tolist()])
 
 
 def plot_run(run_dir: Path) -> Path:
-    """Write ``convergence.png``: test accuracy of every protocol per round, simulated second and byte."""
+    """Write ``convergence.png``: test accuracy of every protocol per round, simulated second and byte,
+    and, when tree protocols ran, per root aggregation."""
     run_dir = Path(run_dir)
-    series = read_metrics(run_dir)
-    figure, axes = plt.subplots(1, len(AXES), figsize=(5.2 * len(AXES), 4.2), constrained_layout=True)
-    for ax, (axis, label, log) in zip(axes, AXES, strict=True):
+    series = {p: m for p, m in read_metrics(run_dir).items() if "accuracy" in m}
+    roots = {p: _root_aggregations(m) for p, m in series.items()}
+    panels = len(AXES) + (1 if any(r is not None for r in roots.values()) else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), constrained_layout=True)
+    colours = {p: f"C{i % 10}" for i, p in enumerate(series)}
+    for index, ax in enumerate(axes):
         for protocol, metrics in series.items():
-            if "accuracy" not in metrics:
-                continue
             s = metrics["accuracy"]
-            x = getattr(s, axis)
-            keep = x > 0 if log else slice(None)
-            ax.plot(x[keep], s.values[keep], marker="o" if len(x) <= 40 else None, ms=3, label=protocol)
+            if index < len(AXES):
+                x, log = getattr(s, AXES[index][0]), AXES[index][2]
+            else:
+                x, log = roots[protocol], False
+                if x is None:
+                    continue
+            # on the root axis, only the evaluations right after a root aggregation (a new count)
+            keep = x > 0 if log else np.ones(len(x), dtype=bool)
+            if index == len(AXES):
+                keep = np.concatenate(([True], np.diff(x) != 0))
+            style = {"color": colours[protocol], "label": protocol}
+            ax.plot(x[keep], s.values[keep], marker="o" if len(x) <= 40 else None, ms=3, **style)
             if "accuracy_std" in metrics:
                 spread = metrics["accuracy_std"].values[keep]
-                ax.fill_between(x[keep], s.values[keep] - spread, s.values[keep] + spread, alpha=0.15)
-        ax.set_xlabel(label)
+                ax.fill_between(
+                    x[keep], s.values[keep] - spread, s.values[keep] + spread, alpha=0.12, color=colours[protocol]
+                )
+        ax.set_xlabel(AXES[index][1] if index < len(AXES) else ROOT_AXIS, fontsize=9)
         ax.set_ylabel("test accuracy")
-        if log:
+        if index < len(AXES) and AXES[index][2]:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(title="protocol", fontsize=8)
-    figure.suptitle(f"Convergence — {run_name(run_dir)}")
+    figure.suptitle(f"Convergence — {run_name(run_dir)} (shaded: spread over device models)")
     return save_figure(figure, run_dir / "convergence.png")
 
 
