@@ -39,6 +39,7 @@ def plot_run(run_dir: Path) -> Path:
     panels = len(AXES) + (1 if any(r is not None for r in roots.values()) else 0)
     figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), constrained_layout=True)
     colours = {p: f"C{i % 10}" for i, p in enumerate(series)}
+    dashes = {p: ("-", "--", "-.", ":")[i % 4] for i, p in enumerate(series)}  # identical curves stay visible
     for index, ax in enumerate(axes):
         for protocol, metrics in series.items():
             s = metrics["accuracy"]
@@ -52,7 +53,7 @@ def plot_run(run_dir: Path) -> Path:
             keep = x > 0 if log else np.ones(len(x), dtype=bool)
             if index == len(AXES):
                 keep = np.concatenate(([True], np.diff(x) != 0))
-            style = {"color": colours[protocol], "label": protocol}
+            style = {"color": colours[protocol], "linestyle": dashes[protocol], "label": protocol}
             ax.plot(x[keep], s.values[keep], marker="o" if len(x) <= 40 else None, ms=3, **style)
             if "accuracy_std" in metrics:
                 spread = metrics["accuracy_std"].values[keep]
