@@ -13,6 +13,9 @@ export RAY_USAGE_STATS_ENABLED := 0
 $(BIN)/etree: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# MovieLens-100K ships inside recbole's wheel; --no-deps because recbole pins ray<=2.6.3,
+	# which clashes with Flower's Ray. Only its data files are read, never its code.
+	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
 	touch $(BIN)/etree
 
 setup: $(BIN)/etree
