@@ -1,7 +1,9 @@
 """Datasets the simulated devices learn from, behind one registry.
 
-Every loader returns a :class:`Dataset` of float32 features and int64 labels.
-Three run offline (``digits`` from scikit-learn, ``mnist1d`` regenerated
+Every classification loader returns a :class:`Dataset` of float32 features
+and int64 labels; ``movielens`` returns implicit-feedback
+:class:`~clients.interactions.Interactions` for recommenders. Three classification
+sets run offline (``digits`` from scikit-learn, ``mnist1d`` regenerated
 procedurally, LEAF's ``synthetic``); ``mnist``, ``fashion_mnist``, ``cifar10``
 and the E-Tree paper's ``uci_har`` need one download, then come from the cache
 (see :mod:`clients.online`).
@@ -21,13 +23,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clients.errors import ClientsError
 
-Loader = Callable[..., "Dataset"]
+if TYPE_CHECKING:
+    from clients.interactions import Interactions
+
+Loader = Callable[..., "Dataset | Interactions"]
 
 DATASETS: dict[str, Loader] = {}
 
@@ -107,8 +112,9 @@ def dataset_options(name: str) -> dict[str, Any]:
     }
 
 
-def load_dataset(name: str, *, seed: int, devices: int, **options: Any) -> Dataset:
-    """Build dataset ``name`` after checking the name and every option against its loader."""
+def load_dataset(name: str, *, seed: int, devices: int, **options: Any) -> Dataset | Interactions:
+    """Build dataset ``name`` after checking the name and every option against its loader
+    (a labelled :class:`Dataset`, or :class:`~clients.interactions.Interactions` for recommenders)."""
     valid = dataset_options(name)
     for option in sorted(options):
         if option not in valid:
@@ -394,3 +400,25 @@ def load_uci_har(*, seed: int, devices: int) -> Dataset:
     from clients.online import load_uci_har_zip
 
     return load_uci_har_zip()
+
+
+@register_dataset("movielens")
+def load_movielens(
+    *,
+    seed: int,
+    devices: int,
+    source: str = "ml-100k",
+    path: str = "",
+    min_rating: float = 0.0,
+    test_negatives: int = 99,
+) -> Interactions:
+    """MovieLens as implicit feedback, leave-last-out, for recommenders (see :mod:`clients.interactions`).
+
+    ``source``: ``ml-100k`` (offline from recbole's files, else GroupLens),
+    ``ml-1m`` (GroupLens, cached) or ``csv`` (your file at ``path``). Devices
+    hold users: partition ``natural`` (one user per device) or ``iid`` (users
+    dealt evenly). ``devices`` is unused here.
+    """
+    from clients.interactions import load_movielens as load
+
+    return load(seed=seed, source=source, path=path, min_rating=min_rating, test_negatives=test_negatives)

@@ -20,6 +20,7 @@ from torch.func import functional_call, vmap
 
 from clients.errors import ClientsError
 from clients.fleet import FleetData
+from clients.interactions import InteractionFleet
 from clients.models import ParamStack
 from clients.streams import hashed_uniform
 
@@ -59,7 +60,7 @@ def epoch_order(
 def local_train(
     model: nn.Module,
     params: ParamStack,
-    data: FleetData,
+    data: FleetData | InteractionFleet,
     device_ids: torch.Tensor,
     config: TrainConfig,
     *,
@@ -70,8 +71,23 @@ def local_train(
     """Run ``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``).
 
     Returns new tensors; ``params`` is not modified. Devices are processed in
-    chunks of ``chunk_size`` to bound memory on large fleets.
+    chunks of ``chunk_size`` to bound memory on large fleets. Interaction data
+    (recommenders) trains by :func:`clients.recommenders.train_recommender`.
     """
+    if isinstance(data, InteractionFleet):
+        from clients.recommenders import train_recommender
+
+        return train_recommender(
+            model,
+            params,
+            data,
+            device_ids,
+            config.lr,
+            config.local_epochs,
+            config.batch_size,
+            seed=seed,
+            round_index=round_index,
+        )
     out: dict[str, list[torch.Tensor]] = {name: [] for name in params}
     for start in range(0, len(device_ids), chunk_size):
         ids = device_ids[start : start + chunk_size]

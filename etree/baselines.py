@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from clients.models import ParamStack, replicate
+from clients.recommenders import DeviceModels
 from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.etree_learning import ETreeBuilder, TreeOptions, check_engine_options, check_ratios
 from etree.hierarchical import TreeProtocol
 from etree.network import NetworkModel
-from etree.protocol import Protocol, RoundCost, Workload
+from etree.protocol import Protocol, RoundCost, Workload, own_models
 from etree.registry import register_protocol
 
 EVAL_STREAM_TAG = 0x1D1  # mixed with the workload seed: the evaluated sample of devices
@@ -65,6 +66,9 @@ class IndividualProtocol(Protocol):
 
     def evaluation_models(self) -> ParamStack:
         return {name: tensor[self.evaluated] for name, tensor in self.params.items()}
+
+    def device_models(self) -> DeviceModels:
+        return own_models(self.evaluation_models(), self.evaluated, self.workload.private)
 
 
 @register_protocol("individual")
@@ -126,4 +130,5 @@ def grouped(
         top_aggregates=False,
         public_merge=public_merge,
         describe=builder.describe,
+        failover=True,  # a crashed head is replaced by the next delay-medoid of its cluster
     )

@@ -27,7 +27,15 @@ import numpy as np
 from clients.fleet import FleetData
 from etree.errors import ProtocolError
 from etree.hierarchical import TreeProtocol
-from etree.kma import Clustering, DelayOracle, kma_clusters, kmedoids_clusters, pretrain_accuracy, public_test_set
+from etree.kma import (
+    Clustering,
+    DelayOracle,
+    kma_clusters,
+    kmedoids_clusters,
+    pretrain_accuracy,
+    pretrain_hit_rate,
+    public_test_set,
+)
 from etree.network import NetworkModel
 from etree.protocol import Protocol, Workload
 from etree.public_nodes import select_public_nodes
@@ -238,8 +246,12 @@ class ETreeBuilder:
         public_seq, cluster_seq = np.random.SeedSequence([workload.seed, STREAM_TAG]).spawn(2)
         accuracy = None
         if opts.needs_accuracy:
-            x, y = public_test_set(workload, opts.public_samples, int(public_seq.generate_state(1)[0]))
-            accuracy = pretrain_accuracy(workload, opts.pretrain_epochs, x, y)
+            public_seed = int(public_seq.generate_state(1)[0])
+            if workload.recommender:
+                accuracy = pretrain_hit_rate(workload, opts.pretrain_epochs, opts.public_samples, public_seed)
+            else:
+                x, y = public_test_set(workload, opts.public_samples, public_seed)
+                accuracy = pretrain_accuracy(workload, opts.pretrain_epochs, x, y)
         self.workload, self.network = workload, network
         self.build = build_etree_tree(
             network,
@@ -261,7 +273,8 @@ class ETreeBuilder:
         the public nodes with their home clusters; the clustering statistics."""
         build, tree, net = self.build, self.build.tree, self.network
         out = tree.to_dict()
-        hist = label_histograms(self.workload.data, tree, self.workload.num_classes)
+        data = self.workload.data
+        hist = label_histograms(data, tree, self.workload.num_classes) if isinstance(data, FleetData) else None
         cluster_acc = None
         if build.accuracy is not None:
             homes = tree.parents[0]
@@ -281,7 +294,8 @@ class ETreeBuilder:
                 cluster["mean_delay_s"] = float(row.mean()) if len(row) else 0.0
                 delays.extend(row.tolist())
                 if level == 0:
-                    cluster["label_histogram"] = hist[k].tolist()
+                    if hist is not None:  # (interaction data has items, not labels)
+                        cluster["label_histogram"] = hist[k].tolist()
                     if cluster_acc is not None:
                         cluster["mean_pretrain_accuracy"] = float(cluster_acc[k])
             layer["mean_delay_s"] = float(np.mean(delays)) if delays else 0.0
@@ -350,4 +364,5 @@ def etree(
         participation=participation,
         public_merge=public_merge,
         describe=builder.describe,
+        failover=True,  # a crashed head is replaced by the next delay-medoid of its cluster
     )

@@ -12,7 +12,7 @@ round loop, so ``setup`` runs the whole simulation (``workload.rounds``
 rounds) and keeps the global model after every round (``evaluate_fn`` sees
 each); ``run_round(r)`` installs round r's model and charges the simulated
 time and bytes that in-engine FedAvg charges for the same round (a star tree
-to the same server, ``synchronous_round_timing``), so curves are comparable.
+to the same server, timed by ``etree.tree_timing`` on the run's clock), so curves are comparable.
 Flower's real wall-clock goes to the log only, never into metrics.
 
 Choices the comparison forces:
@@ -58,11 +58,12 @@ from clients.models import ParamStack
 from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.fedavg import choose_server
-from etree.hierarchical import participants, synchronous_round_timing
+from etree.hierarchical import participants
 from etree.network import NetworkModel
 from etree.protocol import Protocol, RoundCost, Workload
 from etree.registry import register_protocol
 from etree.tree import AggregationTree, star_tree
+from etree.tree_timing import TreeTiming, round_messages
 
 logger = logging.getLogger(__name__)
 
@@ -405,11 +406,18 @@ class FlowerFedAvg(Protocol):
         self._weighted = weighted
 
     def setup(self, workload: Workload) -> None:
+        if workload.private:
+            raise ProtocolError(
+                f"protocols.{self.label}: Flower's ClientApp keeps no per-device state between rounds, so a model "
+                f"with private parameters ({', '.join(sorted(workload.private))}) cannot run on it yet; "
+                f"use the in-engine fedavg"
+            )
         self.workload = workload
         self.network = NetworkModel(workload.graph)
         server = choose_server(workload, self.network, self._server, self.label)
         self.tree: AggregationTree = star_tree(workload.devices, server)
         self.network.prepare(int(h) for h in self.tree.heads[0])
+        self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
         self.run = run_flower_fedavg(
             workload, participation=self._participation, weighted=self._weighted, label=self.label
         )
@@ -425,10 +433,14 @@ class FlowerFedAvg(Protocol):
             )
         self.current = self.run.global_models[round_index]
         ids = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
-        ready = self.network.compute_s(ids, self.workload.epoch_flops[ids])
-        size = self.workload.message_bytes
-        duration, messages = synchronous_round_timing(self.tree, self.network, ready, ids, 1, size)
-        return RoundCost(duration, messages * size, messages, {"root_aggregations": 1.0})
+        size = self.workload.wire_bytes
+        if not self.workload.network.timing:
+            messages = round_messages(self.tree, ids, 1, True)
+            return RoundCost(0.0, messages * size, messages, {"root_aggregations": 1.0}, clocked=True)
+        # the in-engine FedAvg's timing, on this run's clock: the same numbers (faults are not replayed)
+        outcome = self.timing.run_round(ids, self.network.compute_s(ids, self.workload.epoch_flops[ids]), 1, True)
+        messages = outcome.messages
+        return RoundCost(outcome.duration_s, messages * size, messages, {"root_aggregations": 1.0}, clocked=True)
 
     def evaluation_models(self) -> ParamStack:
         return {name: tensor.unsqueeze(0) for name, tensor in self.current.items()}

@@ -50,11 +50,12 @@ from scipy.sparse import csgraph
 
 from clients.evaluation import voted_accuracy
 from clients.models import ParamStack, replicate, select
+from clients.recommenders import DeviceModels
 from clients.streams import hashed_uniform
 from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.network import NetworkModel
-from etree.protocol import Protocol, RoundCost, Workload
+from etree.protocol import Protocol, RoundCost, Workload, own_models
 from etree.registry import register_protocol
 from topologies import delays_from, latency_csgraph, path_bottleneck_bandwidth
 
@@ -270,7 +271,9 @@ class GossipProtocol(Protocol):
             transfer = self.pair_time[np.arange(devices), peers_np].astype(np.float64)
         peers = torch.from_numpy(peers_np)
         aged = self._merge == "age"
-        merged = merge_models(self.params, peers, self.ages if aged else None)
+        # only shared parameters travel; private ones (user embeddings) stay as their device holds them
+        merged = merge_models(workload.shared(self.params), peers, self.ages if aged else None)
+        merged |= {name: self.params[name] for name in workload.private}
         self.ages = merge_ages(self.ages, peers)
         everyone = torch.arange(devices)
         self.params = local_train(
@@ -289,9 +292,12 @@ class GossipProtocol(Protocol):
     def evaluation_models(self) -> ParamStack:
         return select(self.params, self.evaluated)
 
+    def device_models(self) -> DeviceModels:
+        return own_models(self.evaluation_models(), self.evaluated, self.workload.private)
+
     def evaluate(self, workload: Workload) -> dict[str, float]:
         metrics = super().evaluate(workload)
-        if self._voted:
+        if self._voted and not workload.recommender:
             metrics["voted_accuracy"] = voted_accuracy(
                 workload.model, self.evaluation_models(), workload.x_test, workload.y_test
             )

@@ -14,9 +14,13 @@ to and from the other heads are counted. On the way down it takes the plain
 mean of the K cluster models (``public_merge="mean"``) or its home cluster's
 model (``"home"``); both are GUESSes, the paper does not say.
 
-Numerics are batched (segment means over the device stack); timing is a
-max-plus recursion over the tree: a head starts aggregating when its slowest
-expected child has arrived.
+Numerics are batched (segment means over the device stack); timing runs on
+the protocol run's simpy clock (``etree.tree_timing``): a head starts
+aggregating when its slowest expected child has arrived, and the network
+decides which updates make it (dropout, deadlines, crashes). Only delivered
+updates are averaged; a device whose update was lost takes the model pushed
+down, as if it had not trained. ``failover`` (E-Tree) replaces a crashed head
+by the next delay-medoid of its cluster; without it the cluster is lost.
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ import numpy as np
 import torch
 
 from clients.models import ParamStack, replicate
+from clients.recommenders import DeviceModels
 from clients.streams import hashed_uniform
 from clients.training import local_train
 from etree.aggregation import broadcast, segment_mean
 from etree.errors import ProtocolError
+from etree.links import LinkLedger, LinkLoad
 from etree.network import NetworkModel
 from etree.protocol import Protocol, RoundCost, Workload
 from etree.tree import AggregationTree
+from etree.tree_timing import TreeTiming, round_messages
 
 TreeBuilder = Callable[[Workload, NetworkModel], AggregationTree]
 SAMPLING_SALT = 0x5A5A  # separates the participant stream from the training streams
@@ -80,6 +87,7 @@ class TreeProtocol(Protocol):
         top_aggregates: bool = True,
         public_merge: str = "mean",
         describe: Callable[[], dict[str, Any]] | None = None,
+        failover: bool = False,
     ) -> None:
         super().__init__(label)
         if ratios is not None and any(int(r) < 1 for r in ratios):
@@ -98,6 +106,7 @@ class TreeProtocol(Protocol):
         self._top_aggregates = top_aggregates
         self._public_merge = public_merge
         self._describe = describe
+        self._failover = failover
 
     # -- hooks -------------------------------------------------------------
     def setup(self, workload: Workload) -> None:
@@ -116,24 +125,56 @@ class TreeProtocol(Protocol):
         self.params = replicate(workload.initial, workload.devices)
         self.weights = workload.data.counts.to(torch.float32) if self._weighted else None
         self._setup_public()
+        self.ledger = LinkLedger(self.network, workload.wire_bytes)
+        self.timing = TreeTiming(
+            self.tree, self.network, self.clock, workload.wire_bytes, failover=self._failover, ledger=self.ledger
+        )
+        self._stale: tuple[torch.Tensor, ParamStack] | None = None  # late updates kept for the next aggregation
+        self._frozen: ParamStack | None = None  # the root's last model, once the root is lost for good
 
     def run_round(self, round_index: int) -> RoundCost:
         active = self._participants(round_index)
-        trained = local_train(
-            self.workload.model,
-            {k: v[active] for k, v in self.params.items()},
-            self.workload.data,
-            active,
-            self.workload.train,
-            seed=self.workload.seed,
-            round_index=round_index,
-        )
-        for name, tensor in trained.items():
-            self.params[name][active] = tensor
+        ids = active.numpy()
+        if self.workload.network.dropout > 0 or self.clock.dead or self.timing.lost[0]:
+            keep = ~self.clock.dropped(self.workload.seed, round_index, ids) & self.clock.alive_mask(ids)
+            ids = ids[keep & ~self.timing.orphaned(ids)]  # dropped, crashed and cut-off devices sit it out
+            active = torch.from_numpy(ids)
         top = self._top_layer(round_index)
+        public_down = self._public_merge == "mean" and top < self.tree.depth
+        if self.workload.network.timing:
+            compute = self.network.compute_s(ids, self.workload.epoch_flops[ids])
+            outcome = self.timing.run_round(ids, compute, top, public_down)
+            self.tree = self.timing.tree
+            duration, messages, top = outcome.duration_s, outcome.messages, outcome.top
+            delivered, late = outcome.delivered, outcome.late
+        else:
+            duration, messages = 0.0, round_messages(self.tree, ids, top, public_down)
+            delivered, late = np.ones(len(ids), dtype=bool), np.zeros(len(ids), dtype=bool)
+        cost = RoundCost(duration, messages * self.workload.wire_bytes, messages, clocked=True)
+        if len(ids):
+            trained = local_train(
+                self.workload.model,
+                {k: v[active] for k, v in self.params.items()},
+                self.workload.data,
+                active,
+                self.workload.train,
+                seed=self.workload.seed,
+                round_index=round_index,
+            )
+            kept = torch.from_numpy(delivered)
+            for name, tensor in trained.items():
+                self.params[name][active[kept]] = tensor[kept]
+            for name in self.workload.private:  # private rows never travel: a lost upload does not undo them
+                self.params[name][active] = trained[name]
+            if late.any() and self.workload.network.late == "stale":
+                self._keep_stale(
+                    active[torch.from_numpy(late)], {k: v[torch.from_numpy(late)] for k, v in trained.items()}
+                )
+        if self.timing.cap < self.tree.depth and self._frozen is None:
+            self._frozen = self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
         if top == 0:
-            return RoundCost(self._compute_time(active), 0, 0)
-        levels = self._aggregate(active, top)
+            return cost
+        levels = self._aggregate(active[torch.from_numpy(delivered)], top, stale=True)
         pushed = broadcast(levels[top - 1], self.ancestors[top - 1])  # gathers: fresh tensors
         if len(self.public) and self._public_merge == "mean" and top < self.tree.depth:
             # each public node hears all K heads and keeps the plain mean of what they push down
@@ -141,28 +182,45 @@ class TreeProtocol(Protocol):
             per_cluster = broadcast(levels[top - 1], self._cluster_ancestors[top - 1])
             for name, tensor in pushed.items():
                 tensor[self.public] = per_cluster[name].mean(0)
-        self.params = pushed
-        ids = active.numpy()
-        ready = self.network.compute_s(ids, self.workload.epoch_flops[ids])
-        duration, messages = synchronous_round_timing(
-            self.tree,
-            self.network,
-            ready,
-            ids,
-            top,
-            self.workload.message_bytes,
-            public_down=self._public_merge == "mean" and top < self.tree.depth,
-        )
+        # private parameters (a recommender's user embeddings) are never aggregated nor pushed down
+        self.params = pushed | {name: self.params[name] for name in self.workload.private}
         events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
-        return RoundCost(duration, messages * self.workload.message_bytes, messages, events)
+        return RoundCost(cost.duration_s, cost.bytes_sent, cost.messages, events, clocked=True)
 
     def evaluation_models(self) -> ParamStack:
         if self._report == "clusters":
             return self._aggregate(torch.arange(self.workload.devices), 1)[0]
+        if self._frozen is not None:  # no root any more: what it last held is all there is
+            return self._frozen
         return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+
+    def device_models(self) -> DeviceModels:
+        """Every device with the shared model it would hold (the root's, or its cluster's
+        with ``report="clusters"``) and its own private rows."""
+        shared = self.evaluation_models()
+        devices = torch.arange(self.workload.devices)
+        row = self.ancestors[0] if self._report == "clusters" else torch.zeros(len(devices), dtype=torch.int64)
+        private = {name: self.params[name] for name in self.workload.private}
+        return DeviceModels(shared, row, private, devices)
 
     def structure(self) -> dict[str, Any]:
         return self._describe() if self._describe is not None else self.tree.to_dict()
+
+    def resolve_node(self, node: str | int) -> int | None:
+        """``server``/``root``: the tree's current root; ``head``: the live layer-1 head, not the root,
+        of the largest cluster (ties: smallest id; None if there is none); an int: that node."""
+        tree = self.timing.tree
+        if node in ("server", "root"):
+            return tree.root
+        if node == "head":
+            sizes = np.bincount(tree.parents[0], minlength=len(tree.heads[0]))
+            heads = [(-int(n), int(h)) for h, n in zip(tree.heads[0], sizes, strict=True)]
+            heads = sorted(c for c in heads if c[1] != tree.root and self.clock.alive(c[1]))
+            return heads[0][1] if heads else None
+        return node if isinstance(node, int) else None
+
+    def link_loads(self) -> LinkLoad:
+        return self.ledger.loads()
 
     # -- numerics ----------------------------------------------------------
     def _setup_public(self) -> None:
@@ -204,11 +262,28 @@ class TreeProtocol(Protocol):
             layers = min(layers, self.tree.depth - 1)
         return layers
 
-    def _aggregate(self, active: torch.Tensor, top: int) -> list[ParamStack]:
-        """Models of layers 1..top aggregated from the active devices; silent clusters keep theirs."""
+    def _keep_stale(self, devices: torch.Tensor, models: ParamStack) -> None:
+        """Hold late updates for the next aggregation (a device's newer late update replaces its older one)."""
+        if self._stale is not None:
+            old, held = self._stale
+            keep = ~torch.isin(old, devices)
+            devices = torch.cat([old[keep], devices])
+            models = {k: torch.cat([held[k][keep], v]) for k, v in models.items()}
+        self._stale = (devices, models)
+
+    def _aggregate(self, active: torch.Tensor, top: int, *, stale: bool = False) -> list[ParamStack]:
+        """Models of layers 1..top aggregated from the active devices; silent clusters keep theirs.
+        With ``stale``, held late updates join their home cluster's average (and are used up)."""
         rows, clusters = self._member_rows(active)
-        members = {k: v[rows] for k, v in self.params.items()}
+        members = {k: v[rows] for k, v in self.workload.shared(self.params).items()}
         weights = None if self.weights is None else self.weights[rows]
+        if stale and self._stale is not None:
+            late, held = self._stale
+            self._stale = None
+            members = {k: torch.cat([v, held[k]]) for k, v in members.items()}
+            clusters = torch.cat([clusters, self.ancestors[0][late]])
+            rows = torch.cat([rows, late])
+            weights = None if self.weights is None else self.weights[rows]
         count = len(self.tree.heads[0])
         current = segment_mean(members, clusters, count, weights)
         heard = torch.zeros(count, dtype=torch.bool)

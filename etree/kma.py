@@ -39,7 +39,9 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 from clients.evaluation import evaluate_models
+from clients.interactions import InteractionFleet
 from clients.models import replicate
+from clients.recommenders import public_hit_rate
 from clients.training import TrainConfig, local_train
 from etree.errors import ProtocolError
 from etree.network import NetworkModel
@@ -326,3 +328,29 @@ def pretrain_accuracy(workload: Workload, epochs: int, public_x: torch.Tensor, p
     )
     accuracy, _ = evaluate_models(workload.model, trained, public_x, public_y)
     return accuracy
+
+
+def pretrain_hit_rate(workload: Workload, epochs: int, samples: int, seed: int) -> np.ndarray:
+    """Algorithm 1's pre-trained score for a recommender: each device trains ``epochs`` local epochs
+    alone, then its shared parameters score HR@10 on public users (``public_hit_rate``).
+
+    GUESS: the public users are a seeded sample of at most ``samples`` of the fleet's users (their
+    training histories and held-out items), as the classifiers' public set is drawn from the test
+    set; a device's private rows are never used, the public user is folded in from item rows.
+    """
+    data = workload.data
+    if not isinstance(data, InteractionFleet):
+        raise ProtocolError("pretrain_hit_rate: needs interaction data (a recommender workload)")
+    slots = torch.nonzero(data.user_valid)  # [users, 2]: (device, slot)
+    rows = np.sort(np.random.default_rng(seed).choice(len(slots), size=min(samples, len(slots)), replace=False))
+    config = TrainConfig(workload.train.lr, epochs, workload.train.batch_size)
+    trained = local_train(
+        workload.model,
+        replicate(workload.initial, workload.devices),
+        data,
+        torch.arange(workload.devices),
+        config,
+        seed=workload.seed,
+        round_index=PRETRAIN_ROUND,
+    )
+    return public_hit_rate(workload.model, workload.shared(trained), data, slots[torch.from_numpy(rows)])

@@ -4,16 +4,24 @@ Delay of a message = latency of the latency-shortest path + bits / the
 bottleneck bandwidth on that path; compute time = FLOPs / the node's
 ``compute_flops``. Rows are computed per source node with single-source
 Dijkstra (``topologies.delays_from``), never as an N x N matrix, and cached.
+
+For link contention and per-link accounting a source's shortest-path tree
+(Dijkstra predecessors) is kept too: ``first_links`` names the link next to
+the source on each path (the link into an aggregator that its uploads
+share), ``path_link_counts`` spreads message counts over every link of the
+paths. Links are numbered in ``graph.edges`` order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import networkx as nx
 import numpy as np
+from scipy.sparse import csgraph
 
-from topologies import delays_from, path_bottleneck_bandwidth
+from topologies import delays_from, latency_csgraph, path_bottleneck_bandwidth
 
 
 class NetworkModel:
@@ -25,6 +33,21 @@ class NetworkModel:
         self.compute_flops = np.array([graph.nodes[n]["compute_flops"] for n in range(self.nodes)], dtype=np.float64)
         self._latency: dict[int, np.ndarray] = {}
         self._bandwidth: dict[int, np.ndarray] = {}
+        self._pred: dict[int, np.ndarray] = {}
+        self._latency_matrix: Any = None
+        edges = list(graph.edges(data="bandwidth_bps"))
+        self.link_ends = np.array([(u, v) for u, v, _ in edges], dtype=np.int64).reshape(-1, 2)
+        self.link_bandwidth = np.array([bw for _, _, bw in edges], dtype=np.float64)
+        m = len(edges)
+        codes = np.concatenate(
+            [
+                self.link_ends[:, 0] * self.nodes + self.link_ends[:, 1],
+                self.link_ends[:, 1] * self.nodes + self.link_ends[:, 0],
+            ]
+        )
+        order = np.argsort(codes, kind="stable")
+        self._codes = codes[order]
+        self._code_link = np.concatenate([np.arange(m), np.arange(m)])[order]
 
     def prepare(self, sources: Iterable[int]) -> None:
         """Compute the rows of ``sources`` in one batch (cheaper than one call per source)."""
@@ -51,3 +74,74 @@ class NetworkModel:
     def compute_s(self, nodes: np.ndarray, flops: np.ndarray) -> np.ndarray:
         """Seconds each node needs for ``flops`` floating-point operations."""
         return flops / self.compute_flops[nodes]
+
+    # -- paths ---------------------------------------------------------------
+    def predecessors(self, source: int) -> np.ndarray:
+        """The latency-shortest-path tree of ``source``: each node's predecessor (-9999 at the root)."""
+        source = int(source)
+        if source not in self._pred:
+            if self._latency_matrix is None:
+                self._latency_matrix = latency_csgraph(self.graph)
+            _, pred = csgraph.dijkstra(self._latency_matrix, directed=True, indices=[source], return_predecessors=True)
+            self._pred[source] = np.asarray(pred, dtype=np.int64).reshape(-1)
+        return self._pred[source]
+
+    def link_ids(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Index of the link between ``a[i]`` and ``b[i]`` (either direction)."""
+        return self._code_link[np.searchsorted(self._codes, np.asarray(a) * self.nodes + np.asarray(b))]
+
+    def first_links(self, source: int, targets: np.ndarray) -> np.ndarray:
+        """The link next to ``source`` on its path to each target; -1 for the source itself."""
+        pred = self.predecessors(source)
+        here = np.asarray(targets, dtype=np.int64).copy()
+        out = np.full(len(here), -1, dtype=np.int64)
+        walking = here != source
+        while walking.any():
+            step = np.flatnonzero(walking)
+            back = pred[here[step]]
+            arrived = back == source
+            done = step[arrived]
+            out[done] = self.link_ids(np.full(len(done), source), here[done])
+            here[step[~arrived]] = back[~arrived]
+            walking[done] = False
+        return out
+
+    def path_link_counts(self, source: int, counts: np.ndarray) -> np.ndarray:
+        """Messages per link when ``counts[v]`` messages travel between ``source`` and each node v."""
+        pred = self.predecessors(source)
+        load = np.zeros(len(self.link_bandwidth))
+        here = np.flatnonzero(counts)
+        here = here[here != source]
+        weight = counts[here].astype(np.float64)
+        while len(here):
+            back = pred[here]
+            np.add.at(load, self.link_ids(back, here), weight)
+            keep = back != source
+            here, weight = back[keep], weight[keep]
+        return load
+
+
+def fifo_link_arrivals(arrivals: np.ndarray, links: np.ndarray, service_s: np.ndarray) -> np.ndarray:
+    """Arrival times when messages that share a link queue on it, first come first served.
+
+    ``arrivals[i]`` is message i's arrival on an idle network, ``links[i]`` the
+    shared link it crosses (-1: none, it is not delayed), ``service_s[i]`` the
+    time it occupies that link (bits / link bandwidth). The i-th message of a
+    link (in order of idle arrival, ties by position) leaves at
+    ``d_i = max(a_i, d_{i-1} + s_i)``; unrolled, ``d_i = S_i + max_{j<=i}(a_j - S_j)``
+    with ``S`` the running sum of service times, computed per link without a
+    Python loop over messages. N messages arriving together on a link whose
+    bandwidth is the path's bottleneck thus take N times one's transfer time.
+    """
+    out = np.asarray(arrivals, dtype=np.float64).copy()
+    shared = np.flatnonzero(links >= 0)
+    if len(shared) < 2:
+        return out
+    order = shared[np.lexsort((out[shared], links[shared]))]
+    bounds = np.flatnonzero(np.diff(links[order])) + 1
+    for group in np.split(order, bounds):
+        if len(group) < 2:
+            continue
+        total = np.cumsum(service_s[group])
+        out[group] = total + np.maximum.accumulate(out[group] - total)
+    return out

@@ -5,6 +5,14 @@ structure, run one round, say which models to evaluate); ``run_protocol`` owns
 the round loop, the clock and byte accounting, and yields one ``Record`` per
 metric. Nothing is written from inside the loop (the runner writes).
 
+The clock is one ``SimClock`` (a ``simpy.Environment``) per protocol run,
+handed to the protocol before ``setup`` as ``protocol.clock``. A protocol that
+simulates its message flow runs its round on it (and says so with
+``RoundCost.clocked``); for any other the loop advances the clock by the
+round's duration. ``sim_time_s`` is always the clock's ``now``. Crashes of
+``[network] crash`` fire on that clock and become ``crash`` metric rows (value:
+the node id), as do failovers (``failover``: the promoted node).
+
 A round is one local epoch (``train.local_epochs``) of every active device,
 whatever the protocol, so curves share an x-axis.
 """
@@ -13,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -24,17 +32,27 @@ from torch import nn
 
 from clients.evaluation import evaluate_models
 from clients.fleet import FleetData
+from clients.interactions import InteractionFleet
 from clients.models import ParamStack, forward_flops, model_bytes
+from clients.recommenders import DeviceModels, Recommender, evaluate_devices, split_private
 from clients.training import TrainConfig
+from etree.clock import SimClock
+from etree.conditions import NetworkConditions
+from etree.links import LinkLoad
 
 
 @dataclass(frozen=True)
 class Workload:
-    """Everything a protocol run needs, shared read-only by all protocols of a run."""
+    """Everything a protocol run needs, shared read-only by all protocols of a run.
+
+    ``private`` names parameters that never leave their device (a recommender's
+    user embeddings): protocols train them but never send, average or report
+    them, and ``message_bytes`` counts only the others.
+    """
 
     model: nn.Module
     initial: ParamStack  # one model, no leading device dimension
-    data: FleetData
+    data: FleetData | InteractionFleet
     x_test: torch.Tensor
     y_test: torch.Tensor
     graph: nx.Graph
@@ -43,20 +61,40 @@ class Workload:
     input_shape: tuple[int, ...]
     num_classes: int
     rounds: int  # rounds the run will last (protocols that must plan ahead, e.g. Flower, read it)
+    network: NetworkConditions = field(default_factory=NetworkConditions)  # [network] of the spec: timing, faults
+    private: frozenset[str] = frozenset()  # parameters that never leave their device
 
     @property
     def devices(self) -> int:
         return self.data.devices
 
+    @property
+    def recommender(self) -> bool:
+        """Interaction data and a recommender model: metrics are HR@10 and NDCG@10."""
+        return isinstance(self.data, InteractionFleet)
+
     @cached_property
     def message_bytes(self) -> int:
-        """Size of one model on the wire."""
-        return model_bytes(self.initial, stacked=False)
+        """Size of one model on the wire: its shared parameters (private ones never travel)."""
+        return model_bytes(self.shared(self.initial), stacked=False)
+
+    def shared(self, params: ParamStack) -> ParamStack:
+        """The parameters of a model or stack that may leave a device."""
+        return {name: tensor for name, tensor in params.items() if name not in self.private}
+
+    @cached_property
+    def wire_bytes(self) -> int:
+        """Size of one model message on the wire, after ``[network] compression``."""
+        return max(1, round(self.message_bytes / self.network.compression))
 
     @cached_property
     def epoch_flops(self) -> np.ndarray:
-        """FLOPs of one local epoch per device: forward + backward ~ 3x forward, per sample."""
-        per_sample = 3 * forward_flops(self.model, self.input_shape)
+        """FLOPs of one local epoch per device: forward + backward ~ 3x forward, per sample
+        (for a recommender, per scored pair: the positive and its sampled negatives)."""
+        if isinstance(self.model, Recommender):
+            per_sample = 3 * self.model.pair_flops() * (1 + self.model.negatives)
+        else:
+            per_sample = 3 * forward_flops(self.model, self.input_shape)
         return per_sample * self.data.counts.numpy().astype(np.float64) * self.train.local_epochs
 
 
@@ -68,6 +106,7 @@ class RoundCost:
     bytes_sent: int
     messages: int
     events: Mapping[str, float] | None = None  # extra per-round facts, e.g. {"root_aggregations": 1}
+    clocked: bool = False  # the protocol ran the round on its clock (the loop must not advance it again)
 
 
 @dataclass(frozen=True)
@@ -88,6 +127,18 @@ class Protocol(ABC):
     def __init__(self, label: str) -> None:
         self.label = label
 
+    @property
+    def clock(self) -> SimClock:
+        """The simulated clock of the current run (``run_protocol`` sets a fresh one per run)."""
+        clock = getattr(self, "_clock", None)
+        if clock is None:
+            clock = self._clock = SimClock(getattr(getattr(self, "workload", None), "network", None))
+        return clock
+
+    @clock.setter
+    def clock(self, clock: SimClock) -> None:
+        self._clock = clock
+
     @abstractmethod
     def setup(self, workload: Workload) -> None:
         """Build the structure (tree, overlay) and the initial model state."""
@@ -100,8 +151,17 @@ class Protocol(ABC):
     def evaluation_models(self) -> ParamStack:
         """The model(s) whose test accuracy this protocol reports, as a stack [K, ...]."""
 
+    def device_models(self) -> DeviceModels:
+        """For personalised models (recommenders): the shared model each evaluated device holds
+        and its private rows. Protocols that run recommender workloads override it."""
+        raise NotImplementedError(f"protocol {self.label!r} does not evaluate models with private parameters")
+
     def evaluate(self, workload: Workload) -> dict[str, float]:
-        """Metrics of the evaluation models: mean accuracy and loss, spread when K > 1."""
+        """Metrics of the evaluation models: mean accuracy and loss, spread when K > 1;
+        for a recommender, HR@10 and NDCG@10 of every evaluated device on its own users."""
+        if workload.recommender:
+            assert isinstance(workload.data, InteractionFleet)
+            return evaluate_devices(workload.model, self.device_models(), workload.data)
         accuracy, loss = evaluate_models(workload.model, self.evaluation_models(), workload.x_test, workload.y_test)
         metrics = {"accuracy": float(accuracy.mean()), "loss": float(loss.mean())}
         if len(accuracy) > 1:
@@ -112,24 +172,46 @@ class Protocol(ABC):
         """A JSON-ready description of the structure built in ``setup`` (None if there is none)."""
         return None
 
+    def resolve_node(self, node: str | int) -> int | None:
+        """The graph node a crash names: ids are themselves; roles (``server``, ``root``, ``head``)
+        mean nothing to a protocol without aggregators (None: the crash does not concern it)."""
+        return node if isinstance(node, int) else None
+
+    def link_loads(self) -> LinkLoad | None:
+        """Messages and bytes per topology link over the run (None if the protocol does not track them)."""
+        return None
+
+
+def own_models(params: ParamStack, devices: torch.Tensor, private: frozenset[str]) -> DeviceModels:
+    """``DeviceModels`` of devices that each hold their own full model (row i of ``params`` is ``devices[i]``)."""
+    shared, mine = split_private(params, private)
+    return DeviceModels(shared, torch.arange(len(devices)), mine, devices)
+
 
 def run_protocol(protocol: Protocol, workload: Workload, *, rounds: int, eval_every: int) -> Iterator[Record]:
-    """Run ``rounds`` rounds, yielding records at round 0, every ``eval_every`` rounds and the last."""
+    """Run ``rounds`` rounds, yielding records at round 0, every ``eval_every`` rounds and the last,
+    and one row per crash or failover, in the round it happened."""
+    clock = SimClock(workload.network)
+    protocol.clock = clock
     protocol.setup(workload)
-    clock, sent = 0.0, 0
+    clock.schedule_crashes(workload.network.crashes_for(protocol.label), protocol.resolve_node)
+    sent = 0
     counters: dict[str, float] = {}
 
     def snapshot(round_index: int) -> Iterator[Record]:
         metrics = protocol.evaluate(workload) | counters
         for metric in sorted(metrics):
-            yield Record(protocol.label, round_index, clock, sent, metric, metrics[metric])
+            yield Record(protocol.label, round_index, clock.now, sent, metric, metrics[metric])
 
     yield from snapshot(0)
     for round_index in range(1, rounds + 1):
         cost = protocol.run_round(round_index)
-        clock += cost.duration_s
+        if not cost.clocked and workload.network.timing:
+            clock.advance(cost.duration_s)
         sent += cost.bytes_sent
         for name, value in (cost.events or {}).items():
             counters[name] = counters.get(name, 0.0) + value
+        for at, kind, node in clock.take_events():
+            yield Record(protocol.label, round_index, at, sent, kind, float(node))
         if round_index % eval_every == 0 or round_index == rounds:
             yield from snapshot(round_index)

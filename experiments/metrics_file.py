@@ -43,3 +43,10 @@ def first_reaching(series: Series, target: float) -> int | None:
     """Index of the first evaluation at or above ``target`` (None if never)."""
     hits = np.flatnonzero(series.values >= target)
     return int(hits[0]) if len(hits) else None
+
+
+def headline_metric(series: dict[str, dict[str, Series]]) -> str:
+    """The metric a run is judged by: ``accuracy`` for classifiers, ``hr@10`` for recommenders."""
+    if any("accuracy" in m for m in series.values()):
+        return "accuracy"
+    return "hr@10" if any("hr@10" in m for m in series.values()) else "accuracy"

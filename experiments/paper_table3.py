@@ -47,6 +47,7 @@ def run_table3(
 ) -> Path:
     """Run every setting and seed, write the run folders and the Table 3 summary."""
     finals: dict[str, dict[str, list[float]]] = {}
+    curves: dict[str, list[dict[str, np.ndarray]]] = {setting: [] for setting, _ in SETTINGS}
     spec: Spec | None = None
     for setting, extra in SETTINGS:
         for k in range(seeds):
@@ -55,11 +56,35 @@ def run_table3(
             if on_run is not None:
                 on_run(setting, spec.seed)
             folder = write_run(run_spec(spec), out / setting / f"seed{spec.seed}")
-            for protocol, metrics in read_metrics(folder).items():
+            series = read_metrics(folder)
+            curves[setting].append({protocol: metrics["accuracy"].values for protocol, metrics in series.items()})
+            for protocol, metrics in series.items():
                 finals.setdefault(protocol, {}).setdefault(setting, []).append(float(metrics["accuracy"].values[-1]))
     assert spec is not None
-    atomic_write_text(out / "summary.md", table3_markdown(finals, spec, seeds))
+    rounds = read_metrics(folder)["fedavg"]["accuracy"].rounds if "fedavg" in finals else np.zeros(0)
+    text = table3_markdown(finals, spec, seeds) + per_round_markdown(curves["noniid"], rounds)
+    atomic_write_text(out / "summary.md", text)
     return out
+
+
+def per_round_markdown(runs: list[dict[str, np.ndarray]], rounds: np.ndarray, after: int = 10) -> str:
+    """Non-IID, every evaluation after round ``after``: E-Tree's largest gap to FedAvg, and the ordering."""
+    if not runs or "fedavg" not in runs[0] or not len(rounds):
+        return ""
+    late = rounds > after
+    lines = ["", f"Non-IID, per round, at every evaluation after round {after} (each seed):", ""]
+    for protocol in sorted(p for p in runs[0] if p.startswith("etree")):
+        gaps = [100 * np.abs(run[protocol] - run["fedavg"])[late].max() for run in runs]
+        lines.append(f"- max |{protocol} − fedavg|: " + ", ".join(f"{g:.1f}" for g in gaps) + " pp")
+    if {"grouped", "individual"} <= set(runs[0]):
+        grouped_below = all(
+            (run["grouped"][late] < np.minimum(run["etree"][late], run["fedavg"][late])).all() for run in runs
+        )
+        others = [p for p in runs[0] if p != "individual"]
+        worst = all((run["individual"][late] < np.min([run[p][late] for p in others], axis=0)).all() for run in runs)
+        lines.append(f"- grouped below both E-Tree and FedAvg: {'yes' if grouped_below else 'no'}")
+        lines.append(f"- individual worst of all: {'yes' if worst else 'no'}")
+    return "\n".join(lines) + "\n"
 
 
 def _paper(protocol: str) -> tuple[float, float]:
@@ -94,6 +119,11 @@ def table3_markdown(finals: dict[str, dict[str, list[float]]], spec: Spec, seeds
         lines.append(
             f"| {name} (`{protocol}`) | {_cell(ours.get('iid', []))} | {paper_iid:.1f} "
             f"| {_cell(ours.get('noniid', []))} | {paper_noniid:.1f} |"
+        )
+    for protocol in sorted(set(finals) - set(PAPER_TABLE3)):  # rows the paper does not have
+        ours = finals[protocol]
+        lines.append(
+            f"| `{protocol}` (ours only) | {_cell(ours.get('iid', []))} | — | {_cell(ours.get('noniid', []))} | — |"
         )
     lines += ["", "Gaps (percentage points, ours vs paper):", ""]
     for setting, paper_column in (("iid", 0), ("noniid", 1)):

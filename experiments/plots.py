@@ -12,7 +12,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from experiments.metrics_file import Series, read_metrics
+from experiments.metrics_file import Series, headline_metric, read_metrics
 
 AXES = (
     ("rounds", "round (one local epoch of every device)", False),
@@ -22,27 +22,29 @@ AXES = (
 ROOT_AXIS = "root aggregations (global merges; the E-Tree paper's likely x-axis)"
 
 
-def _root_aggregations(metrics: dict[str, Series]) -> np.ndarray | None:
+def _root_aggregations(metrics: dict[str, Series], metric: str) -> np.ndarray | None:
     """Cumulative root aggregations at each evaluated round (None if the protocol has no root)."""
     if "root_aggregations" not in metrics:
         return None
     counts = dict(zip(metrics["root_aggregations"].rounds.tolist(), metrics["root_aggregations"].values, strict=True))
-    return np.array([counts.get(r, 0.0) for r in metrics["accuracy"].rounds.tolist()])
+    return np.array([counts.get(r, 0.0) for r in metrics[metric].rounds.tolist()])
 
 
 def plot_run(run_dir: Path) -> Path:
     """Write ``convergence.png``: test accuracy of every protocol per round, simulated second and byte,
     and, when tree protocols ran, per root aggregation."""
     run_dir = Path(run_dir)
-    series = {p: m for p, m in read_metrics(run_dir).items() if "accuracy" in m}
-    roots = {p: _root_aggregations(m) for p, m in series.items()}
+    everything = read_metrics(run_dir)
+    metric = headline_metric(everything)  # accuracy, or HR@10 for recommenders
+    series = {p: m for p, m in everything.items() if metric in m}
+    roots = {p: _root_aggregations(m, metric) for p, m in series.items()}
     panels = len(AXES) + (1 if any(r is not None for r in roots.values()) else 0)
     figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), constrained_layout=True)
     colours = {p: f"C{i % 10}" for i, p in enumerate(series)}
     dashes = {p: ("-", "--", "-.", ":")[i % 4] for i, p in enumerate(series)}  # identical curves stay visible
     for index, ax in enumerate(axes):
         for protocol, metrics in series.items():
-            s = metrics["accuracy"]
+            s = metrics[metric]
             if index < len(AXES):
                 x, log = getattr(s, AXES[index][0]), AXES[index][2]
             else:
@@ -55,17 +57,22 @@ def plot_run(run_dir: Path) -> Path:
                 keep = np.concatenate(([True], np.diff(x) != 0))
             style = {"color": colours[protocol], "linestyle": dashes[protocol], "label": protocol}
             ax.plot(x[keep], s.values[keep], marker="o" if len(x) <= 40 else None, ms=3, **style)
+            if "crash" in metrics and index < len(AXES):  # a fault run: a vertical line where the node died
+                for at in getattr(metrics["crash"], AXES[index][0]):
+                    if not log or at > 0:
+                        ax.axvline(at, color=colours[protocol], linestyle=(0, (1, 2)), linewidth=1.2, alpha=0.9)
             if "accuracy_std" in metrics:
                 spread = metrics["accuracy_std"].values[keep]
                 ax.fill_between(
                     x[keep], s.values[keep] - spread, s.values[keep] + spread, alpha=0.12, color=colours[protocol]
                 )
         ax.set_xlabel(AXES[index][1] if index < len(AXES) else ROOT_AXIS, fontsize=9)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy" if metric == "accuracy" else f"test {metric.upper()}")
         if index < len(AXES) and AXES[index][2]:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(title="protocol", fontsize=8)
+    crashed = any("crash" in m for m in series.values())
+    axes[0].legend(title="protocol (dotted: a crash)" if crashed else "protocol", fontsize=8)
     figure.suptitle(f"Convergence — {run_name(run_dir)} (shaded: spread over device models)")
     return save_figure(figure, run_dir / "convergence.png")
 

@@ -13,17 +13,20 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
+from etree.links import LinkLoad
 from etree.protocol import Record
 from experiments.runner import RunResult
 from experiments.summary import summary_markdown
 from topologies import write_graphml
 
 METRIC_COLUMNS = ("protocol", "round", "sim_time_s", "bytes_sent", "metric", "value")
+LINK_COLUMNS = ("protocol", "u", "v", "messages", "bytes_sent")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -49,8 +52,21 @@ def metrics_csv(records: Iterable[Record]) -> str:
     return buffer.getvalue()
 
 
+def links_csv(links: Mapping[str, LinkLoad]) -> str:
+    """Per-link load of every protocol that tracks it; links that carried nothing are left out."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LINK_COLUMNS)
+    for label, load in links.items():
+        for i in np.flatnonzero(load.messages):
+            u, v = load.ends[i]
+            writer.writerow([label, int(u), int(v), int(load.messages[i]), int(load.bytes_sent[i])])
+    return buffer.getvalue()
+
+
 def write_run(result: RunResult, out_dir: Path) -> Path:
-    """Write ``spec.toml``, ``metrics.csv``, ``tree.json``, ``topology.graphml``, ``summary.md`` and plots."""
+    """Write ``spec.toml``, ``metrics.csv``, ``links.csv``, ``tree.json``, ``topology.graphml``,
+    ``summary.md`` and plots."""
     from experiments.plots import plot_run
     from experiments.tree_view import draw_tree
 
@@ -60,6 +76,8 @@ def write_run(result: RunResult, out_dir: Path) -> Path:
     try:
         (staging / "spec.toml").write_text(tomli_w.dumps(result.spec.to_dict()))
         (staging / "metrics.csv").write_text(metrics_csv(result.records))
+        if result.links:
+            (staging / "links.csv").write_text(links_csv(result.links))
         structure = {"partition": result.partition_summary, "protocols": result.structures}
         (staging / "tree.json").write_text(json.dumps(structure, indent=1) + "\n")
         write_graphml(result.graph, staging / "topology.graphml")

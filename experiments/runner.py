@@ -20,15 +20,19 @@ import torch
 import etree  # noqa: F401  (registers protocols)
 from clients.datasets import Dataset, load_dataset
 from clients.fleet import pack_fleet
+from clients.interactions import Interactions, pack_interactions
 from clients.models import build_model, init_params
 from clients.partition import partition_indices
+from clients.recommenders import build_recommender, init_recommender
 from clients.training import TrainConfig
+from etree.heterogeneity import apply_heterogeneity
+from etree.links import LinkLoad
 from etree.protocol import Record, Workload, run_protocol
 from etree.registry import make_protocol
-from experiments.spec import Spec
+from experiments.spec import Spec, SpecError
 from topologies import build_topology
 
-STREAMS = ("topology", "data", "init", "training")
+STREAMS = ("topology", "data", "init", "training", "network")  # append only: earlier streams keep their seeds
 RoundCallback = Callable[[str, int], None]
 
 
@@ -49,14 +53,22 @@ class RunResult:
     records: list[Record] = field(default_factory=list)
     structures: dict[str, Any] = field(default_factory=dict)
     partition_summary: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, LinkLoad] = field(default_factory=dict)
 
 
-def build_workload(spec: Spec) -> tuple[Workload, Dataset, list[np.ndarray]]:
+def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[np.ndarray]]:
     """Topology, data, partition and model for a spec; fails on bad input before anything runs."""
     seeds = stream_seeds(spec.seed)
     graph = build_topology(spec.topology.kind, spec.topology.devices, seed=seeds["topology"], **spec.topology.options)
     devices = spec.topology.devices
+    nodes = graph.number_of_nodes()
+    for index, crash in enumerate(spec.network.crash):
+        if isinstance(crash.node, int) and crash.node >= nodes:
+            raise SpecError(f"network.crash[{index}].node: got {crash.node}; the topology has nodes 0..{nodes - 1}")
+    graph = apply_heterogeneity(graph, devices, spec.network, seeds["network"])
     dataset = load_dataset(spec.data.dataset, seed=seeds["data"], devices=devices, **spec.data.options)
+    if isinstance(dataset, Interactions):
+        return _recommender_workload(spec, graph, dataset, seeds), dataset, _user_parts(spec, dataset, seeds)
     parts = partition_indices(
         dataset.y_train,
         devices,
@@ -81,8 +93,79 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset, list[np.ndarray]]:
         input_shape=dataset.input_shape,
         num_classes=dataset.num_classes,
         rounds=spec.rounds,
+        network=spec.network,
     )
     return workload, dataset, parts
+
+
+RECOMMENDER_PARTITIONS = ("natural", "iid")
+
+
+def _user_parts(spec: Spec, data: Interactions, seeds: dict[str, int]) -> list[np.ndarray]:
+    """The users of each device: ``natural`` gives user d to device d, ``iid`` deals users evenly
+    (a household or edge box holding several users)."""
+    if spec.data.partition not in RECOMMENDER_PARTITIONS:
+        raise SpecError(
+            f"data.partition: {spec.data.partition!r} does not apply to interaction data; choose one of: "
+            f"{', '.join(RECOMMENDER_PARTITIONS)} (devices hold users)"
+        )
+    users = np.arange(data.num_users)
+    return partition_indices(
+        np.zeros(data.num_users, dtype=np.int64),
+        spec.topology.devices,
+        scheme=spec.data.partition,
+        seed=seeds["data"],
+        min_partition_size=spec.data.min_partition_size,
+        natural_groups=users,
+    )
+
+
+def _recommender_workload(spec: Spec, graph: nx.Graph, data: Interactions, seeds: dict[str, int]) -> Workload:
+    """A recommender workload: devices hold users' interactions; user embeddings are private."""
+    fleet = pack_interactions(data, _user_parts(spec, data, seeds))
+    model = build_recommender(spec.model.kind, fleet.slots, data.num_items, **spec.model.options)
+    return Workload(
+        model=model,
+        initial=init_recommender(model, seeds["init"]),
+        data=fleet,
+        x_test=torch.zeros(0, 2),
+        y_test=torch.zeros(0, dtype=torch.int64),
+        graph=graph,
+        train=TrainConfig(spec.train.lr, spec.train.local_epochs, spec.train.batch_size),
+        seed=seeds["training"],
+        input_shape=(2,),
+        num_classes=data.num_items,
+        rounds=spec.rounds,
+        network=spec.network,
+        private=model.private,
+    )
+
+
+def _partition_summary(dataset: Dataset | Interactions, parts: list[np.ndarray]) -> dict[str, Any]:
+    sizes = np.array([len(p) for p in parts])
+    if isinstance(dataset, Interactions):
+        per_user = dataset.user_counts
+        interactions = np.array([per_user[p].sum() for p in parts])
+        return {
+            "dataset": dataset.name,
+            "users": dataset.num_users,
+            "items": dataset.num_items,
+            "train_interactions": len(dataset.train_user),
+            "test_cases": dataset.num_users,
+            "users_per_device": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
+            "interactions_per_device": {
+                "min": int(interactions.min()),
+                "mean": float(interactions.mean()),
+                "max": int(interactions.max()),
+            },
+        }
+    return {
+        "dataset": dataset.name,
+        "train_samples": len(dataset.y_train),
+        "test_samples": len(dataset.y_test),
+        "samples_per_device": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
+        "classes_per_device_mean": float(np.mean([len(np.unique(dataset.y_train[p])) for p in parts])),
+    }
 
 
 def run_spec(spec: Spec, on_round: RoundCallback | None = None) -> RunResult:
@@ -90,20 +173,17 @@ def run_spec(spec: Spec, on_round: RoundCallback | None = None) -> RunResult:
     workload, dataset, parts = build_workload(spec)
     protocols = [make_protocol(p.name, p.label, dict(p.options)) for p in spec.protocols]
     result = RunResult(spec, workload.graph)
-    sizes = np.array([len(p) for p in parts])
-    result.partition_summary = {
-        "dataset": dataset.name,
-        "train_samples": len(dataset.y_train),
-        "test_samples": len(dataset.y_test),
-        "samples_per_device": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
-        "classes_per_device_mean": float(np.mean([len(np.unique(dataset.y_train[p])) for p in parts])),
-    }
+    result.partition_summary = _partition_summary(dataset, parts)
+    headline = "hr@10" if workload.recommender else "accuracy"
     for protocol in protocols:
         for record in run_protocol(protocol, workload, rounds=spec.rounds, eval_every=spec.eval_every):
             result.records.append(record)
-            if on_round is not None and record.metric == "accuracy":
+            if on_round is not None and record.metric == headline:
                 on_round(protocol.label, record.round)
         structure = protocol.structure()
         if structure is not None:
             result.structures[protocol.label] = structure
+        loads = protocol.link_loads()
+        if loads is not None:
+            result.links[protocol.label] = loads
     return result

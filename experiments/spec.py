@@ -6,6 +6,18 @@ registered component (``[topology]``, ``[data]``, ``[model]``, ``[[protocols]]``
 pass their extra keys through as that component's options; the component's
 registry checks those names before anything runs. The resolved spec is saved by
 serialising these objects (``to_dict``), never from a hand-kept field list.
+
+``[network]`` (optional) is ``etree.conditions.NetworkConditions``: timing,
+contention, compression, faults and heterogeneity, e.g.::
+
+    [network]
+    contention = true
+    dropout = 0.1                    # per device per round
+    deadline_s = 2.0                 # late uploads dropped, or late = "stale"
+    detection_timeout_s = 1.0
+    compute_flops = {kind = "lognormal", median = 1e9, sigma = 0.5}
+    bandwidth_bps = {kind = "uniform", low = 5e6, high = 2e7}
+    crash = [{at_s = 30.0, node = "server"}, {at_s = 40.0, node = "root", protocol = "etree"}]
 """
 
 from __future__ import annotations
@@ -16,6 +28,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from etree.conditions import (
+    CRASH_ROLES,
+    DISTRIBUTIONS,
+    LATE_POLICIES,
+    Crash,
+    Distribution,
+    NetworkConditions,
+)
 
 
 class SpecError(ValueError):
@@ -70,6 +91,7 @@ class Spec:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     protocols: tuple[ProtocolSpec, ...] = ()
+    network: NetworkConditions = field(default_factory=NetworkConditions)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as TOML-ready data (options folded back into their tables)."""
@@ -81,8 +103,21 @@ class Spec:
         }
         for section in ("topology", "data", "model", "train"):
             out[section] = _table(getattr(self, section))
+        out["network"] = _network_table(self.network)
         out["protocols"] = [_table(p) for p in self.protocols]
         return out
+
+
+def _network_table(network: NetworkConditions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(network):
+        value = getattr(network, f.name)
+        if isinstance(value, Distribution):
+            value = {k: getattr(value, k) for k in ("kind", *_DISTRIBUTION_KEYS[value.kind])}
+        elif f.name == "crash":
+            value = [{k: v for k, v in dataclasses.asdict(c).items() if v != ""} for c in value]
+        out[f.name] = value
+    return out
 
 
 def _table(config: Any) -> dict[str, Any]:
@@ -140,6 +175,113 @@ def _scalar_type(annotation: Any) -> type:
     return {"str": str, "int": int, "float": float, "bool": bool}[str(annotation)]
 
 
+_DISTRIBUTION_KEYS: dict[str, tuple[str, ...]] = {
+    "topology": (),
+    "fixed": ("value",),
+    "uniform": ("low", "high"),
+    "lognormal": ("median", "sigma"),
+}
+_NETWORK_SCALARS: dict[str, type] = {
+    "timing": bool,
+    "contention": bool,
+    "compression": float,
+    "dropout": float,
+    "deadline_s": float,
+    "late": str,
+    "detection_timeout_s": float,
+    "trace": str,
+}
+
+
+def _distribution(value: Any, path: str) -> Distribution:
+    """A per-device distribution: a number (fixed) or a table with ``kind`` and its parameters."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = {"kind": "fixed", "value": value}
+    if not isinstance(value, Mapping):
+        raise SpecError(f'{path}: expected a number or a table such as {{kind = "uniform", low = 1, high = 2}}')
+    kind = value.get("kind")
+    if kind not in DISTRIBUTIONS:
+        raise SpecError(f"{path}.kind: got {kind!r}; choose one of: {', '.join(DISTRIBUTIONS)}")
+    allowed = _DISTRIBUTION_KEYS[kind]
+    params: dict[str, float] = {}
+    for key, item in value.items():
+        if key == "kind":
+            continue
+        if key not in allowed:
+            raise SpecError(f"{path}.{key}: unknown key for kind {kind!r}; allowed: kind, {', '.join(allowed) or '-'}")
+        params[key] = _typed(item, float, f"{path}.{key}")
+    for key in allowed:
+        if key not in params:
+            raise SpecError(f"{path}.{key}: required for kind {kind!r}")
+    for key in ("value", "low", "median"):
+        if key in params and params[key] <= 0:
+            raise SpecError(f"{path}.{key}: got {params[key]}; must be > 0")
+    if kind == "uniform" and params["high"] < params["low"]:
+        raise SpecError(f"{path}.high: got {params['high']}; must be >= low ({params['low']})")
+    if kind == "lognormal" and params["sigma"] < 0:
+        raise SpecError(f"{path}.sigma: got {params['sigma']}; must be >= 0")
+    return Distribution(kind, **params)
+
+
+def _crashes(value: Any) -> tuple[Crash, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise SpecError('network.crash: expected an array of tables, e.g. [{at_s = 30.0, node = "server"}]')
+    out = []
+    for index, table in enumerate(value):
+        path = f"network.crash[{index}]"
+        if not isinstance(table, Mapping):
+            raise SpecError(f'{path}: expected a table such as {{at_s = 30.0, node = "server"}}')
+        for key in table:
+            if key not in ("at_s", "node", "protocol"):
+                raise SpecError(f"{path}.{key}: unknown key; allowed: at_s, node, protocol")
+        for key in ("at_s", "node"):
+            if key not in table:
+                raise SpecError(f"{path}.{key}: required")
+        at_s = _typed(table["at_s"], float, f"{path}.at_s")
+        if at_s < 0:
+            raise SpecError(f"{path}.at_s: got {at_s}; must be >= 0")
+        node = table["node"]
+        is_id = isinstance(node, int) and not isinstance(node, bool)
+        if not (is_id and node >= 0) and node not in CRASH_ROLES:
+            raise SpecError(f"{path}.node: got {node!r}; use a node id >= 0 or one of: {', '.join(CRASH_ROLES)}")
+        out.append(Crash(at_s, node, _typed(table.get("protocol", ""), str, f"{path}.protocol")))
+    return tuple(out)
+
+
+def _network(table: Any) -> NetworkConditions:
+    """The ``[network]`` table, strictly: unknown keys and out-of-range values name their field."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"network: expected a table, got {type(table).__name__}")
+    values: dict[str, Any] = {}
+    allowed = sorted([*_NETWORK_SCALARS, "compute_flops", "bandwidth_bps", "crash"])
+    for key, value in table.items():
+        path = f"network.{key}"
+        if key in _NETWORK_SCALARS:
+            values[key] = _typed(value, _NETWORK_SCALARS[key], path)
+        elif key in ("compute_flops", "bandwidth_bps"):
+            values[key] = _distribution(value, path)
+        elif key == "crash":
+            values[key] = _crashes(value)
+        else:
+            raise SpecError(f"{path}: unknown key; allowed: {', '.join(allowed)}")
+    network = NetworkConditions(**values)
+    rules = [
+        ("compression", network.compression > 0, "must be > 0 (bytes on the wire = model bytes / compression)"),
+        ("dropout", 0 <= network.dropout < 1, "must be in [0, 1)"),
+        ("deadline_s", network.deadline_s >= 0, "must be >= 0 (0: no deadline)"),
+        ("late", network.late in LATE_POLICIES, f"choose one of: {', '.join(LATE_POLICIES)}"),
+        ("detection_timeout_s", network.detection_timeout_s > 0, "must be > 0"),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            raise SpecError(f"network.{key}: got {getattr(network, key)!r}; {rule}")
+    if not network.timing:
+        for key, used in (("crash", bool(network.crash)), ("deadline_s", network.deadline_s > 0)):
+            if used:
+                raise SpecError(f"network.{key}: needs simulated time; remove it or set network.timing = true")
+    return network
+
+
 def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") -> Spec:
     """Validate a parsed TOML document into a ``Spec``."""
     sections = {"topology": TopologySpec, "data": DataSpec, "model": ModelSpec, "train": TrainSpec}
@@ -154,11 +296,20 @@ def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") 
             values[key] = _build(sections[key], value, key, open_options=key != "train")
         elif key == "protocols":
             values[key] = _protocols(value)
+        elif key == "network":
+            values[key] = _network(value)
         else:
-            allowed = sorted([*scalars, *sections, "protocols"])
+            allowed = sorted([*scalars, *sections, "network", "protocols"])
             raise SpecError(f"{key}: unknown key; allowed top-level keys: {', '.join(allowed)}")
     if not values.get("protocols"):
         raise SpecError("protocols: at least one [[protocols]] table with a 'name' is required")
+    labels = [p.label for p in values["protocols"]]
+    for index, crash in enumerate(values["network"].crash if "network" in values else ()):
+        if crash.protocol and crash.protocol not in labels:
+            raise SpecError(
+                f"network.crash[{index}].protocol: no protocol labelled {crash.protocol!r}; "
+                f"the spec has: {', '.join(labels)}"
+            )
     return Spec(**values)
 
 
