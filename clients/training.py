@@ -118,12 +118,17 @@ def _train_chunk(
     steps = -(-capacity // batch)
     rows = torch.arange(len(ids)).unsqueeze(1)
     dense = dense_layers(model)
+    step_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
     if dense is not None:
         current = {name: t.detach().clone() for name, t in params.items()}
         step_fn = partial(_dense_step, dense, current, lr=config.lr)
     else:
+
+        def run_model(p: ParamStack, xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(model, p, (xb,))
+
         current = {name: t.detach().clone().requires_grad_(True) for name, t in params.items()}
-        step_fn = partial(_autograd_step, vmap(lambda p, xb: functional_call(model, p, (xb,))), current, lr=config.lr)
+        step_fn = partial(_autograd_step, vmap(run_model), current, lr=config.lr)
     for epoch in range(config.local_epochs):
         order = torch.from_numpy(epoch_order(seed, round_index, epoch, ids.numpy(), counts_np, capacity))
         for step in range(steps):
