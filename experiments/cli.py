@@ -45,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
     table3.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
     table3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     table3.add_argument("--out", type=Path, default=Path("results") / "paper_table3")
+    sweep = commands.add_parser("sweep", help="run the product of grid settings x seeds; mean curves with 95% CIs")
+    sweep.add_argument("spec")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a spec key and its values, e.g. --grid data.alpha=0.1,1.0 (repeatable)",
+    )
+    sweep.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
+    sweep.add_argument("--out", type=Path, help="sweep folder (default: results/<spec name>_sweep)")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     return parser
@@ -70,7 +83,12 @@ def _plot(args: argparse.Namespace) -> int:
     from experiments.plots import plot_run
     from experiments.results import atomic_write_text
     from experiments.summary import summary_markdown
+    from experiments.sweep import is_sweep, summarise_sweep
 
+    if is_sweep(args.run_dir):
+        summarise_sweep(args.run_dir)
+        print(f"wrote {args.run_dir / 'sweep.png'} and {args.run_dir / 'summary.md'}")
+        return 0
     path = plot_run(args.run_dir)
     atomic_write_text(args.run_dir / "summary.md", summary_markdown(args.run_dir))
     print(f"wrote {path} and {args.run_dir / 'summary.md'}")
@@ -115,6 +133,25 @@ def _tree(args: argparse.Namespace) -> int:
     raise SpecError("protocols: no protocol in this spec builds a tree with clusters (use etree, grouped or hierfavg)")
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from experiments.spec import load_spec
+    from experiments.sweep import default_jobs, run_sweep
+
+    spec = load_spec(args.spec, args.overrides)
+    out = args.out or Path("results") / f"{spec.name}_sweep"
+    run_sweep(
+        Path(args.spec),
+        out,
+        grid=args.grid,
+        seeds=args.seeds,
+        jobs=args.jobs or default_jobs(),
+        base_overrides=args.overrides,
+        on_done=lambda folder: print(f"done {folder}", file=sys.stderr),
+    )
+    print((out / "summary.md").read_text())
+    return 0
+
+
 def _table3(args: argparse.Namespace) -> int:
     from experiments.paper_table3 import run_table3
 
@@ -134,7 +171,7 @@ def _table3(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3}[args.command](args)
+        return {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3, "sweep": _sweep}[args.command](args)
     except USER_ERRORS as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
