@@ -1,4 +1,4 @@
-"""A progress bar over protocols and rounds (rich), silent when disabled or not on a terminal."""
+"""A progress bar over protocols and rounds (rich): rounds, simulated time and client-rounds per second."""
 
 from __future__ import annotations
 
@@ -13,21 +13,29 @@ class RoundProgress:
     """One bar per protocol, advanced as evaluated rounds come in."""
 
     def __init__(self, spec: Spec, *, enabled: bool = True) -> None:
-        self._rounds = spec.rounds
+        self._devices = spec.topology.devices
         self._progress = Progress(
             TextColumn("{task.description:<14}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("sim {task.fields[sim]:>9.3f} s"),
+            TextColumn("{task.fields[rate]:>9,.0f} client-rounds/s"),
             TimeElapsedColumn(),
             disable=not enabled,
             transient=False,
         )
         self._tasks: dict[str, int] = {}
         for protocol in spec.protocols:
-            self._tasks[protocol.label] = int(self._progress.add_task(protocol.label, total=spec.rounds))
+            task = self._progress.add_task(protocol.label, total=spec.rounds, sim=0.0, rate=0.0, start=False)
+            self._tasks[protocol.label] = int(task)
 
-    def update(self, label: str, round_index: int) -> None:
-        self._progress.update(self._tasks[label], completed=round_index)  # type: ignore[arg-type]
+    def update(self, label: str, round_index: int, sim_time_s: float) -> None:
+        task = self._tasks[label]
+        if round_index == 0:  # the protocol's structure is built: time its rounds from here
+            self._progress.start_task(task)  # type: ignore[arg-type]
+        elapsed = self._progress.tasks[task].elapsed or 0.0
+        rate = self._devices * round_index / elapsed if elapsed > 0 else 0.0
+        self._progress.update(task, completed=round_index, sim=sim_time_s, rate=rate)  # type: ignore[arg-type]
 
     def __enter__(self) -> RoundProgress:
         self._progress.start()

@@ -33,7 +33,7 @@ from experiments.spec import Spec, SpecError
 from topologies import build_topology
 
 STREAMS = ("topology", "data", "init", "training", "network")  # append only: earlier streams keep their seeds
-RoundCallback = Callable[[str, int], None]
+RoundCallback = Callable[[str, int, float], None]  # (protocol label, round, simulated seconds)
 
 
 def stream_seeds(seed: int) -> dict[str, int]:
@@ -179,7 +179,7 @@ def run_spec(spec: Spec, on_round: RoundCallback | None = None) -> RunResult:
         for record in run_protocol(protocol, workload, rounds=spec.rounds, eval_every=spec.eval_every):
             result.records.append(record)
             if on_round is not None and record.metric == headline:
-                on_round(protocol.label, record.round)
+                on_round(protocol.label, record.round, record.sim_time_s)
         structure = protocol.structure()
         if structure is not None:
             result.structures[protocol.label] = structure
