@@ -68,17 +68,15 @@ def main() -> None:
         flower_one = _wall("flower", devices, 1)
         flower_all = _wall("flower", devices, args.rounds)
         per_round = (flower_all - flower_one) / max(1, args.rounds - 1)
-        startup = max(0.0, flower_one - per_round)
         client_rounds = devices * args.rounds
-        fast, slow, steady = client_rounds / engine, client_rounds / flower_all, devices / max(per_round, 1e-9)
+        fast, slow = client_rounds / engine, client_rounds / flower_all
+        if per_round > 0:  # noisy machines can make the 1-round run look slower than the longer one
+            steady = devices / per_round
+            extra = [f"{max(0.0, flower_one - per_round):.1f}", f"{steady:,.1f}", f"{fast / steady:,.0f}x"]
+        else:
+            extra = ["n/a", "n/a", "n/a"]
         table.add_row(
-            f"{devices:,}",
-            f"{fast:,.0f}",
-            f"{slow:,.1f}",
-            f"{startup:.1f}",
-            f"{steady:,.1f}",
-            f"{fast / slow:,.0f}x",
-            f"{fast / steady:,.0f}x",
+            f"{devices:,}", f"{fast:,.0f}", f"{slow:,.1f}", extra[0], extra[1], f"{fast / slow:,.0f}x", extra[2]
         )
     Console().print(table)
 
