@@ -32,6 +32,7 @@ class SimClock:
         self.env = simpy.Environment()
         self.conditions = conditions or NetworkConditions()
         self.dead: set[int] = set()
+        self.died_at: dict[int, float] = {}  # crashed node -> the simulated second it died
         self._events: list[tuple[float, str, int]] = []
 
     @property
@@ -51,10 +52,18 @@ class SimClock:
     def alive(self, node: int) -> bool:
         return int(node) not in self.dead
 
-    def alive_mask(self, nodes: np.ndarray) -> np.ndarray:
+    def alive_mask(self, nodes: np.ndarray, at: np.ndarray | float | None = None) -> np.ndarray:
+        """Which of ``nodes`` are alive now, or, with ``at``, were still alive at simulated time(s)
+        ``at`` (a node that crashed at ``t`` is dead from ``t`` on; ``at`` may not lie past ``now``)."""
         if not self.dead:
             return np.ones(len(nodes), dtype=bool)
-        return ~np.isin(nodes, np.fromiter(self.dead, dtype=np.int64))
+        if at is None:
+            return ~np.isin(nodes, np.fromiter(self.dead, dtype=np.int64))
+        nodes = np.asarray(nodes, dtype=np.int64)
+        death = np.full(len(nodes), np.inf)
+        for node in sorted(self.died_at):
+            death[nodes == node] = self.died_at[node]
+        return death > np.asarray(at, dtype=np.float64)
 
     def schedule_crashes(self, crashes: Iterable[Crash], resolve: Resolver) -> None:
         """One simpy process per crash; ``resolve`` turns a role into a node id when it fires
@@ -67,6 +76,7 @@ class SimClock:
         node = resolve(crash.node)
         if node is not None and node not in self.dead:
             self.dead.add(int(node))
+            self.died_at[int(node)] = self.now
             self.record("crash", int(node))
 
     def record(self, kind: str, node: int) -> None:

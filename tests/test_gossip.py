@@ -183,7 +183,8 @@ def test_runs_are_deterministic_and_well_formed(digits, overlay, merge):
     first, protocol = records()
     second, _ = records()
     assert first == second
-    assert {r.metric for r in first} == {"accuracy", "accuracy_std", "loss", "voted_accuracy"}
+    # late_pushes: pushes merged more than one cycle after they were sent (asynchronous timing)
+    assert {r.metric for r in first} - {"late_pushes"} == {"accuracy", "accuracy_std", "loss", "voted_accuracy"}
     stack = protocol.evaluation_models()
     assert stack["1.weight"].shape == (8, 10, 64)
     assert protocol.structure()["evaluated_devices"] == sorted(set(protocol.structure()["evaluated_devices"]))

@@ -1,0 +1,173 @@
+"""Asynchronous gossip timing: one period per cycle, seeded phases, late pushes, dropout and crashes."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from clients.fleet import pack_fleet
+from clients.models import build_model, init_params
+from clients.training import TrainConfig
+from etree.clock import SimClock
+from etree.conditions import Crash, NetworkConditions
+from etree.errors import ProtocolError
+from etree.gossip import merge_delay, merge_models, wake_phases
+from etree.network import NetworkModel
+from etree.protocol import Workload, run_protocol
+from etree.registry import make_protocol
+from topologies import build_topology
+from topologies.attributes import annotated_graph
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return (x / 16).astype(np.float32)[:600], y[:600], (x / 16).astype(np.float32)[600:800], y[600:800]
+
+
+def _workload(digits, graph, devices, *, network=None, lr=0.05, seed=1):
+    x, y, x_test, y_test = digits
+    model = build_model("softmax", (64,), 10)
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), devices)
+    return Workload(
+        model=model,
+        initial=init_params(model, 0),
+        data=pack_fleet(x, y, parts),
+        x_test=torch.from_numpy(x_test),
+        y_test=torch.from_numpy(y_test),
+        graph=graph,
+        train=TrainConfig(lr=lr, local_epochs=1, batch_size=8),
+        seed=seed,
+        input_shape=(64,),
+        num_classes=10,
+        rounds=6,
+        network=network or NetworkConditions(),
+    )
+
+
+def _started(protocol, workload):
+    """A protocol set up on a fresh clock with its crashes scheduled, as ``run_protocol`` does."""
+    protocol.clock = SimClock(workload.network)
+    protocol.setup(workload)
+    protocol.clock.schedule_crashes(workload.network.crashes_for(protocol.label), protocol.resolve_node)
+    return protocol
+
+
+def test_a_cycle_lasts_one_period(digits):
+    graph = build_topology("random_geometric", 20, seed=2)
+    workload = _workload(digits, graph, 20)
+    records = list(run_protocol(make_protocol("gossip", "g", {"period_s": 0.7}), workload, rounds=3, eval_every=1))
+    times = sorted({(r.round, r.sim_time_s) for r in records})
+    assert times == [(r, pytest.approx(0.7 * r)) for r in range(4)]
+
+
+def test_the_default_period_is_the_median_epoch_plus_typical_push(digits):
+    graph = build_topology("random_geometric", 20, seed=2)
+    workload = _workload(digits, graph, 20)
+    protocol = _started(make_protocol("gossip", "g", {}), workload)
+    net = NetworkModel(graph)
+    compute = net.compute_s(np.arange(20), workload.epoch_flops)
+    push = [net.transfer_s(d, np.array(sorted(graph.neighbors(d))), workload.wire_bytes).mean() for d in range(20)]
+    assert protocol.period == pytest.approx(float(np.median(compute + np.array(push))))
+    assert protocol.structure()["period_s"] == protocol.period
+    assert protocol.run_round(1).duration_s == protocol.period
+
+
+def test_phases_are_seeded_per_device_and_within_the_period():
+    phases = wake_phases(7, 50, 2.0)
+    assert np.all((phases >= 0) & (phases < 2.0))
+    assert len(np.unique(phases)) == 50  # devices wake at different moments
+    assert np.array_equal(phases, wake_phases(7, 50, 2.0))
+    assert np.array_equal(phases[:10], wake_phases(7, 10, 2.0))  # a device's phase ignores the fleet size
+    assert not np.array_equal(phases, wake_phases(8, 50, 2.0))
+
+
+def test_merge_delay_counts_cycles_to_the_receivers_wake_up():
+    # receiver wakes at 0.3 + k (period 1): on time up to 1.3, then one cycle later up to 2.3
+    arrival = np.array([0.1, 1.3, 1.31, 2.3, 2.4])
+    assert merge_delay(arrival, np.full(5, 0.3), 1.0).tolist() == [1, 1, 2, 2, 3]
+
+
+def test_a_late_push_is_merged_one_cycle_later_not_lost(digits):
+    """Two devices on a 1 s link, period 1 s, instant compute: the push of the device that wakes
+    later reaches the other after its next wake-up (late, merged a cycle later); the other is on time."""
+    graph = annotated_graph("pair", 2, np.zeros((2, 2)), [(0, 1)], 1.0, 1e15, 1e18)
+    workload = _workload(digits, graph, 2, lr=1e-9)  # training barely moves a model
+    protocol = _started(make_protocol("gossip", "g", {"period_s": 1.0}), workload)
+    late, early = (1, 0) if protocol.phase[1] > protocol.phase[0] else (0, 1)
+    protocol.params = {
+        name: torch.stack([torch.zeros_like(t[0]), torch.ones_like(t[0])]) for name, t in protocol.params.items()
+    }
+    start = {d: float(d) for d in (0, 1)}  # every parameter of device d is d
+
+    def value(device):
+        return protocol.params["1.weight"][device]
+
+    costs = [protocol.run_round(1)]
+    for device in (0, 1):
+        assert torch.allclose(value(device), torch.full_like(value(device), start[device]), atol=1e-5)
+    costs.append(protocol.run_round(2))  # the on-time push (early -> late) is merged, the late one not yet
+    assert torch.allclose(value(late), torch.full_like(value(late), 0.5), atol=1e-5)
+    assert torch.allclose(value(early), torch.full_like(value(early), start[early]), atol=1e-5)
+    costs.append(protocol.run_round(3))  # now the late push of cycle 1 reaches the early device
+    assert torch.allclose(value(early), torch.full_like(value(early), 0.5), atol=1e-5)
+    assert all(cost.events == {"late_pushes": 1.0} and cost.messages == 2 for cost in costs)
+    assert protocol.clock.now == pytest.approx(3.0)
+
+
+def test_merging_a_batch_of_pushes_equals_pushing_rows():
+    params = {"w": torch.tensor([[1.0], [2.0], [4.0]])}
+    peers = torch.tensor([1, 2, 1])
+    assert torch.equal(merge_models(params, peers, sent=params)["w"], merge_models(params, peers)["w"])
+    two = merge_models(params, torch.tensor([0]), sent={"w": torch.tensor([[3.0]])})  # one message, to device 0
+    assert two["w"].flatten().tolist() == [2.0, 2.0, 4.0]
+
+
+def test_dropout_removes_about_its_share_of_pushes(digits):
+    graph = build_topology("random_geometric", 200, seed=1)
+    workload = _workload(digits, graph, 200, network=NetworkConditions(dropout=0.3))
+    protocol = _started(make_protocol("gossip", "g", {}), workload)
+    costs = [protocol.run_round(r) for r in range(1, 6)]
+    sent = sum(c.messages for c in costs)
+    assert sent / (5 * 200) == pytest.approx(0.7, abs=0.05)
+    assert sum(c.bytes_sent for c in costs) == sent * workload.wire_bytes
+
+
+def test_a_crashed_device_stops_sending_and_changing(digits):
+    network = NetworkConditions(crash=(Crash(at_s=2.5, node=3),))
+    workload = _workload(digits, build_topology("random_geometric", 10, seed=3), 10, network=network)
+    protocol = _started(make_protocol("gossip", "g", {"period_s": 1.0, "overlay": "random"}), workload)
+    phase = protocol.phase[3]
+    frozen = None
+    for r in range(1, 7):
+        protocol.run_round(r)
+        wakes = (r - 1) + phase
+        assert (3 in protocol.senders) == (wakes < 2.5)  # sends only while alive at its wake-up
+        if wakes >= 2.5:
+            model = protocol.params["1.weight"][3].clone()
+            if frozen is not None:
+                assert torch.equal(model, frozen)  # a dead device neither trains nor merges
+            frozen = model
+    assert len(protocol.senders) == 9
+
+
+def test_same_seed_gives_identical_records_under_faults(digits):
+    network = NetworkConditions(dropout=0.2, crash=(Crash(at_s=1.5, node=4),))
+    workload = _workload(digits, build_topology("random_geometric", 30, seed=2), 30, network=network)
+
+    def records():
+        return list(
+            run_protocol(
+                make_protocol("gossip", "g", {"merge": "age", "period_s": 1.0}), workload, rounds=4, eval_every=1
+            )
+        )
+
+    first = records()
+    assert first == records()
+    assert any(r.metric == "crash" for r in first)
+
+
+@pytest.mark.parametrize("period", [0, -1.0, True, "1", float("inf")])
+def test_a_bad_period_names_the_field(period):
+    with pytest.raises(ProtocolError, match=r"protocols\.g\.period_s"):
+        make_protocol("gossip", "g", {"period_s": period})
