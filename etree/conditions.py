@@ -2,9 +2,10 @@
 
 One frozen object per run (the spec's ``[network]`` table, parsed and checked
 by ``experiments.spec``), shared read-only by every protocol through the
-``Workload``. The defaults are the ideal network of the earlier engine: timing
-on, no contention, no compression, no faults, the topology's own compute
-speeds and bandwidths.
+``Workload``. Defaults: timing on, link contention on (messages into one
+aggregator share its link; it costs little — about 1.4 s of engine time over a
+1,000-device, 50-round E-Tree run with faults, against ~100 s of training), no
+compression, no faults, the topology's own compute speeds and bandwidths.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class NetworkConditions:
     """The ``[network]`` table of a spec (see ``docs`` in ``experiments/spec.py``)."""
 
     timing: bool = True  # false: no simulated time at all (sim_time_s stays 0), the fastest runs
-    contention: bool = False  # messages into (out of) one aggregator's link queue on it
+    contention: bool = True  # messages into (out of) one aggregator's link queue on it (FIFO)
     compression: float = 1.0  # bytes on the wire = model bytes / compression
     dropout: float = 0.0  # probability a device sits a round out (drawn per device per round)
     deadline_s: float = 0.0  # round deadline for device uploads, from the round's start; 0 = none

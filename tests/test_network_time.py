@@ -96,7 +96,7 @@ def test_fault_free_timing_equals_the_max_plus_recursion(seed):
 def test_deadline_drops_late_uploads_and_the_head_aggregates_at_the_deadline():
     graph = relay_graph(3)
     compute = np.array([0.0, 0.0, 10.0])  # device 2 is a straggler
-    conditions = NetworkConditions(deadline_s=1.0)
+    conditions = NetworkConditions(deadline_s=1.0, contention=False)  # downloads not queued: the formula below
     network = NetworkModel(graph)
     clock = SimClock(conditions)
     timing = TreeTiming(star_tree(3, 4), network, clock, SIZE, failover=False)
