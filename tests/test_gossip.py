@@ -4,11 +4,9 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from helpers import softmax_workload
 from sklearn.datasets import load_digits
 
-from clients.fleet import pack_fleet
-from clients.models import build_model, init_params
-from clients.training import TrainConfig
 from etree.errors import ProtocolError
 from etree.gossip import (
     device_transfer_matrix,
@@ -21,7 +19,7 @@ from etree.gossip import (
     random_peers,
 )
 from etree.network import NetworkModel
-from etree.protocol import Workload, run_protocol
+from etree.protocol import run_protocol
 from etree.registry import make_protocol
 from topologies import build_topology
 
@@ -36,21 +34,7 @@ def digits():
 
 
 def _workload(digits, parts, graph, *, seed=1, rounds=15):
-    x, y, x_test, y_test = digits
-    model = build_model("softmax", (64,), 10)
-    return Workload(
-        model=model,
-        initial=init_params(model, 0),
-        data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x_test),
-        y_test=torch.from_numpy(y_test),
-        graph=graph,
-        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4),
-        seed=seed,
-        input_shape=(64,),
-        num_classes=10,
-        rounds=rounds,
-    )
+    return softmax_workload(digits, parts, graph, seed=seed, rounds=rounds)
 
 
 def _iid(digits, devices, seed=1):

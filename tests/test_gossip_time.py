@@ -3,17 +3,15 @@
 import numpy as np
 import pytest
 import torch
+from helpers import softmax_workload
 from sklearn.datasets import load_digits
 
-from clients.fleet import pack_fleet
-from clients.models import build_model, init_params
-from clients.training import TrainConfig
 from etree.clock import SimClock
 from etree.conditions import Crash, NetworkConditions
 from etree.errors import ProtocolError
 from etree.gossip import merge_delay, merge_models, wake_phases
 from etree.network import NetworkModel
-from etree.protocol import Workload, run_protocol
+from etree.protocol import run_protocol
 from etree.registry import make_protocol
 from topologies import build_topology
 from topologies.attributes import annotated_graph
@@ -26,23 +24,8 @@ def digits():
 
 
 def _workload(digits, graph, devices, *, network=None, lr=0.05, seed=1):
-    x, y, x_test, y_test = digits
-    model = build_model("softmax", (64,), 10)
-    parts = np.array_split(np.random.default_rng(seed).permutation(len(y)), devices)
-    return Workload(
-        model=model,
-        initial=init_params(model, 0),
-        data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x_test),
-        y_test=torch.from_numpy(y_test),
-        graph=graph,
-        train=TrainConfig(lr=lr, local_epochs=1, batch_size=8),
-        seed=seed,
-        input_shape=(64,),
-        num_classes=10,
-        rounds=6,
-        network=network or NetworkConditions(),
-    )
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(digits[1])), devices)
+    return softmax_workload(digits, parts, graph, lr=lr, batch_size=8, seed=seed, rounds=6, network=network)
 
 
 def _started(protocol, workload):

@@ -3,17 +3,14 @@
 import networkx as nx
 import numpy as np
 import pytest
-import torch
+from helpers import softmax_workload
 from sklearn.datasets import load_digits
 
-from clients.fleet import pack_fleet
-from clients.models import build_model, init_params
-from clients.training import TrainConfig
 from etree.errors import ProtocolError
 from etree.hierarchical import TreeProtocol
 from etree.network import NetworkModel
 from etree.placement import delay_medoid
-from etree.protocol import Workload, run_protocol
+from etree.protocol import run_protocol
 from etree.registry import make_protocol
 from topologies import build_topology
 
@@ -29,25 +26,11 @@ def digits():
 
 def _workload(digits, graph, devices, *, rounds=6, seed=1):
     """Unequal IID shares (5 to 60 samples), so example weighting matters."""
-    x, y, x_test, y_test = digits
     rng = np.random.default_rng(seed)
     sizes = rng.integers(5, 61, size=devices)
-    order = rng.permutation(len(y))
+    order = rng.permutation(len(digits[1]))
     parts = np.split(order[: sizes.sum()], np.cumsum(sizes)[:-1])
-    model = build_model("softmax", (64,), 10)
-    return Workload(
-        model=model,
-        initial=init_params(model, 0),
-        data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x_test),
-        y_test=torch.from_numpy(y_test),
-        graph=graph,
-        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4),
-        seed=seed,
-        input_shape=(64,),
-        num_classes=10,
-        rounds=rounds,
-    )
+    return softmax_workload(digits, parts, graph, seed=seed, rounds=rounds)
 
 
 def _setup(digits, graph, devices, **options):
