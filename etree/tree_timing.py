@@ -8,7 +8,7 @@ uploads are one numpy expression (ready time + path latency + bits /
 bottleneck bandwidth, optionally queued FIFO on the link into the aggregator
 by ``fifo_link_arrivals``), so the simpy event count is O(aggregators) per
 round, not O(devices). Without contention, deadlines or crashes this gives
-the same times as the max-plus recursion ``synchronous_round_timing``; simpy
+the same times as a max-plus recursion over the tree (the oracle in tests/test_network_time.py); simpy
 is there for what max-plus cannot express: a crash at an exact simulated
 second, the detection timeout, failover and its resent messages.
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 TINY_SPEC = """
 name = "tiny"
@@ -39,3 +41,13 @@ def tiny_spec(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_SPEC)
     return path
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """sklearn digits scaled to [0, 1], shuffled once: 1,400 training and 397 test samples."""
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    x = (x / 16).astype(np.float32)[order]
+    y = y[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]

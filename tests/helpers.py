@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import networkx as nx
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 
 from clients.fleet import pack_fleet
 from clients.models import build_model, init_params
@@ -27,13 +28,14 @@ def softmax_workload(
     seed: int = 1,
     rounds: int = 15,
     network: NetworkConditions | None = None,
+    init_seed: int = 0,
 ) -> Workload:
     """Softmax regression on (x, y, x_test, y_test) split over devices by ``parts``."""
     x, y, x_test, y_test = digits
     model = build_model("softmax", (64,), 10)
     return Workload(
         model=model,
-        initial=init_params(model, 0),
+        initial=init_params(model, init_seed),
         data=pack_fleet(x, y, list(parts)),
         x_test=torch.from_numpy(x_test),
         y_test=torch.from_numpy(y_test),
@@ -44,4 +46,17 @@ def softmax_workload(
         num_classes=10,
         rounds=rounds,
         network=network or NetworkConditions(),
+    )
+
+
+def label_sharded_workload(devices: int, seed: int, *, graph: nx.Graph, lr: float = 0.05, rounds: int = 3) -> Workload:
+    """Digits sorted by label and cut into contiguous shards (1-2 classes per device): strongly non-IID."""
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    order = np.random.default_rng(seed).permutation(len(y))
+    test, train = order[:300], order[300:]
+    train = train[np.argsort(y[train], kind="stable")]
+    digits = (x, y, x[test], y[test])
+    return softmax_workload(
+        digits, np.array_split(train, devices), graph, lr=lr, batch_size=16, seed=seed, rounds=rounds, init_seed=seed
     )

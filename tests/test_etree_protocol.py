@@ -7,12 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
+from helpers import label_sharded_workload
 
 import etree  # noqa: F401  (registers protocols)
-from clients.fleet import pack_fleet
-from clients.models import build_model, init_params
-from clients.training import TrainConfig
 from etree.errors import ProtocolError
 from etree.etree_learning import build_etree_tree
 from etree.hierarchical import TreeProtocol
@@ -27,27 +24,7 @@ QUICK = {"pretrain_epochs": 1, "public_samples": 200}
 
 def make_workload(devices: int = 24, seed: int = 0, *, kind: str = "random_links", lr: float = 0.05) -> Workload:
     """Digits split by label into contiguous shards (1-2 classes per device), on a small graph."""
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(y))
-    test, train = order[:300], order[300:]
-    train = train[np.argsort(y[train], kind="stable")]
-    parts = np.array_split(train, devices)
-    model = build_model("softmax", (64,), 10)
-    return Workload(
-        model=model,
-        initial=init_params(model, seed),
-        data=pack_fleet(x, y, parts),
-        x_test=torch.from_numpy(x[test]),
-        y_test=torch.from_numpy(y[test]),
-        graph=build_topology(kind, devices, seed=seed),
-        train=TrainConfig(lr=lr, local_epochs=1, batch_size=16),
-        seed=seed,
-        input_shape=(64,),
-        num_classes=10,
-        rounds=3,
-    )
+    return label_sharded_workload(devices, seed, graph=build_topology(kind, devices, seed=seed), lr=lr)
 
 
 def _records(protocol, workload, rounds=3):

@@ -4,7 +4,6 @@ import networkx as nx
 import numpy as np
 import pytest
 from helpers import softmax_workload
-from sklearn.datasets import load_digits
 
 from etree.errors import ProtocolError
 from etree.hierarchical import TreeProtocol
@@ -13,15 +12,6 @@ from etree.placement import delay_medoid
 from etree.protocol import run_protocol
 from etree.registry import make_protocol
 from topologies import build_topology
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(x))
-    x = (x / 16).astype(np.float32)[order]
-    y = y[order]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
 def _workload(digits, graph, devices, *, rounds=6, seed=1):

@@ -11,7 +11,6 @@ import pytest
 from etree.clock import SimClock
 from etree.conditions import Crash, Distribution, NetworkConditions
 from etree.heterogeneity import apply_heterogeneity
-from etree.hierarchical import synchronous_round_timing
 from etree.links import LinkLedger
 from etree.network import NetworkModel, fifo_link_arrivals
 from etree.tree import AggregationTree, star_tree
@@ -23,6 +22,73 @@ from topologies import build_topology
 from topologies.attributes import annotated_graph
 
 SIZE = 10_000  # bytes per message
+
+
+# The max-plus recursion over the tree that the simpy engine replaced: kept here as an
+# independent oracle for the contention-free, fault-free case.
+def synchronous_round_timing(
+    tree: AggregationTree,
+    net: NetworkModel,
+    ready: np.ndarray,
+    active: np.ndarray,
+    top: int,
+    size: int,
+    *,
+    public_down: bool = True,
+) -> tuple[float, int]:
+    """Duration and message count of one synchronous tree round (max-plus over the tree).
+
+    ``ready[i]`` is when active device ``active[i]`` finished training; a head
+    aggregates when its slowest active child has arrived; layers up to ``top``
+    aggregate, then the result travels back down to every device. An active
+    public node (``tree.public``) also sends its model to every other layer-1
+    head, and with ``public_down`` hears back from each of them.
+    """
+    cluster = tree.parents[0][active]
+    heads = tree.heads[0]
+    arrival = np.zeros(len(heads))
+    messages = 0
+    shared = np.isin(active, tree.public)
+    for k, head in enumerate(heads):
+        mine = active[cluster == k]
+        if len(mine):
+            arrival[k] = np.max(ready[cluster == k] + net.transfer_s(int(head), mine, size))
+            messages += int(np.sum(mine != head))
+        guests = shared & (cluster != k)  # public nodes whose home is another cluster
+        if guests.any():
+            arrival[k] = max(arrival[k], float(np.max(ready[guests] + net.transfer_s(int(head), active[guests], size))))
+            messages += int(guests.sum())
+    for level in range(1, top):  # upward: layer-level heads report to layer-(level+1) heads
+        parent = tree.parents[level]
+        children = tree.heads[level - 1]
+        above = tree.heads[level]
+        nxt = np.zeros(len(above))
+        for g, head in enumerate(above):
+            mine = np.flatnonzero(parent == g)
+            nxt[g] = np.max(arrival[mine] + net.transfer_s(int(head), children[mine], size))
+            messages += int(np.sum(children[mine] != head))
+        arrival = nxt
+    done = arrival
+    for level in range(top - 1, 0, -1):  # downward: each head forwards to its child heads
+        parent = tree.parents[level]
+        children = tree.heads[level - 1]
+        above = tree.heads[level]
+        down = np.zeros(len(children))
+        for g, head in enumerate(above):
+            mine = np.flatnonzero(parent == g)
+            down[mine] = done[g] + net.transfer_s(int(head), children[mine], size)
+            messages += int(np.sum(children[mine] != head))
+        done = down
+    finish = 0.0
+    for k, head in enumerate(heads):  # every device hears from its layer-1 head
+        mine = np.flatnonzero(tree.parents[0] == k)
+        finish = max(finish, float(np.max(done[k] + net.transfer_s(int(head), mine, size))))
+        messages += int(np.sum(mine != head))
+        guests = tree.public[tree.parents[0][tree.public] != k] if public_down else tree.public[:0]
+        if len(guests):
+            finish = max(finish, float(np.max(done[k] + net.transfer_s(int(head), guests, size))))
+            messages += len(guests)
+    return finish, messages
 
 
 def relay_graph(devices: int, *, latency: float = 0.01, fast: float = 1e9, slow: float = 1e6):
