@@ -1,18 +1,21 @@
-"""Check that a Flower run opens no connection beyond this machine's loopback.
+"""Check that a Flower run, or a run on the Ray backend, opens no connection beyond this machine's loopback.
 
-Runs a tiny ``flower`` protocol run (3 devices of sklearn digits, 1 round)
-under ``strace -f -e trace=connect``, so every process Flower and Ray start is
+Runs a tiny ``flower`` protocol run (3 devices of sklearn digits, 1 round), or
+with ``--workload ray`` a tiny ``fedavg`` run whose training runs on the Ray
+backend (``[backend] kind = "ray"``, 2 workers), under
+``strace -f -e trace=connect``, so every process Flower and Ray start is
 traced, then lists every AF_INET/AF_INET6 ``connect`` address. It fails on any
 address outside 127.0.0.0/8 and ::1 (AF_UNIX and other families are local and
 ignored). Why: Ray's usage-stats dashboard process probes cloud metadata
 (169.254.169.254, metadata.google.internal) even with usage stats off, and
 Ray discovers its node IP by a UDP connect to 8.8.8.8; ``etree.flower_fedavg``
-sets the environment that keeps all of it on loopback, and this proves it.
+and ``etree.ray_backend`` set (``etree.ray_guest``) the environment that keeps all of
+it on loopback, and this proves it.
 
 Run: ``.venv/bin/python benchmarks/check_no_outbound.py`` (needs ``strace``:
 ``apt-get install -y strace``). Exit status 0: only loopback; 1: an outbound
 connect (listed); 2: strace missing or the traced run failed.
-``--run`` runs the Flower workload alone, without strace.
+``--run`` runs the workload alone, without strace.
 """
 
 from __future__ import annotations
@@ -69,8 +72,9 @@ def parse_connects(trace: str) -> tuple[list[Connect], list[str]]:
     return connects, unread
 
 
-def run_tiny_flower() -> None:
-    """A 3-device, 1-round Flower run on sklearn digits (the workload strace watches)."""
+def run_tiny(workload_kind: str = "flower") -> None:
+    """A 3-device, 1-round run on sklearn digits (the workload strace watches): the ``flower``
+    protocol, or (``ray``) in-engine ``fedavg`` training on the Ray backend with 2 workers."""
     import numpy as np
     import torch
     from sklearn.datasets import load_digits
@@ -80,6 +84,7 @@ def run_tiny_flower() -> None:
     from clients.models import build_model, init_params
     from clients.training import TrainConfig
     from etree import Workload, make_protocol, run_protocol
+    from etree.backends import make_trainer
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16).astype(np.float32)
@@ -97,10 +102,15 @@ def run_tiny_flower() -> None:
         input_shape=(64,),
         num_classes=10,
         rounds=1,
+        trainer=make_trainer(workload_kind if workload_kind == "ray" else "local", workers=2),
     )
-    records = list(run_protocol(make_protocol("flower", "flower", {}), workload, rounds=1, eval_every=1))
+    name = "flower" if workload_kind == "flower" else "fedavg"
+    try:
+        records = list(run_protocol(make_protocol(name, name, {}), workload, rounds=1, eval_every=1))
+    finally:
+        workload.trainer.close()
     accuracy = [r.value for r in records if r.metric == "accuracy"]
-    print(f"flower run finished: accuracy {accuracy[0]:.3f} -> {accuracy[-1]:.3f}")
+    print(f"{workload_kind} run finished: accuracy {accuracy[0]:.3f} -> {accuracy[-1]:.3f}")
 
 
 def _strace_command(strace: str) -> list[str]:
@@ -113,11 +123,14 @@ def _strace_command(strace: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", action="store_true", help="run the tiny Flower workload only, without strace")
+    parser.add_argument("--run", action="store_true", help="run the tiny workload only, without strace")
+    parser.add_argument(
+        "--workload", choices=("flower", "ray"), default="flower", help="flower protocol, or fedavg on the Ray backend"
+    )
     parser.add_argument("--keep-trace", type=Path, help="also write the raw strace output here")
     args = parser.parse_args(argv)
     if args.run:
-        run_tiny_flower()
+        run_tiny(args.workload)
         return 0
     strace = shutil.which("strace")
     if strace is None:
@@ -132,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.executable,
             str(Path(__file__).resolve()),
             "--run",
+            "--workload",
+            args.workload,
         ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         trace = trace_file.read_text() if trace_file.exists() else ""

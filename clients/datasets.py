@@ -411,14 +411,24 @@ def load_movielens(
     path: str = "",
     min_rating: float = 0.0,
     test_negatives: int = 99,
+    full_ranking: bool = False,
 ) -> Interactions:
     """MovieLens as implicit feedback, leave-last-out, for recommenders (see :mod:`clients.interactions`).
 
     ``source``: ``ml-100k`` (offline from recbole's files, else GroupLens),
     ``ml-1m`` (GroupLens, cached) or ``csv`` (your file at ``path``). Devices
     hold users: partition ``natural`` (one user per device) or ``iid`` (users
-    dealt evenly). ``devices`` is unused here.
+    dealt evenly). ``full_ranking = true`` also logs ``hr@10_full``/``ndcg@10_full``: the
+    held-out item ranked against every item the user has not trained on (HR@10 and
+    NDCG@10 stay the 99-negative NCF protocol). ``devices`` is unused here.
     """
     from clients.interactions import load_movielens as load
 
-    return load(seed=seed, source=source, path=path, min_rating=min_rating, test_negatives=test_negatives)
+    return load(
+        seed=seed,
+        source=source,
+        path=path,
+        min_rating=min_rating,
+        test_negatives=test_negatives,
+        full_ranking=full_ranking,
+    )

@@ -5,6 +5,10 @@ The NCF evaluation protocol (He et al., "Neural Collaborative Filtering", WWW
 threshold is an option), each user's latest interaction by timestamp is held
 out for testing (leave-last-out), and the test item is ranked among 99 items
 the user never interacted with, sampled once per user from the data seed.
+With ``full_ranking`` the held-out item is also ranked against every item the
+user has not trained on (no sampling; Krichene & Rendle, "On Sampled Metrics
+for Item Recommendation", KDD 2020, show sampled metrics can reorder models),
+logged as ``hr@10_full`` and ``ndcg@10_full`` so the two are never confused.
 
 Sources, all read into the same :class:`Interactions`:
 
@@ -21,6 +25,7 @@ Sources, all read into the same :class:`Interactions`:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import http.client
 import io
 import os
@@ -55,7 +60,8 @@ class Interactions:
     Users and items are 0-based dense ids. ``train_user``/``train_item`` list the
     training interactions, grouped by user in time order; ``test_item[u]`` is
     user u's latest interaction and ``test_negatives[u]`` the items it is ranked
-    against (never interacted with by u).
+    against (never interacted with by u). ``full_ranking``: also rank it against
+    every item u has not trained on.
     """
 
     name: str
@@ -65,6 +71,7 @@ class Interactions:
     train_item: np.ndarray
     test_item: np.ndarray
     test_negatives: np.ndarray
+    full_ranking: bool = False
 
     def __post_init__(self) -> None:
         where = f"data.dataset: {self.name!r}"
@@ -226,14 +233,23 @@ def fetch_grouplens(source: str, dest: Path) -> None:
 
 
 def load_movielens(
-    *, seed: int, source: str = "ml-100k", path: str = "", min_rating: float = 0.0, test_negatives: int = 99
+    *,
+    seed: int,
+    source: str = "ml-100k",
+    path: str = "",
+    min_rating: float = 0.0,
+    test_negatives: int = 99,
+    full_ranking: bool = False,
 ) -> Interactions:
     """MovieLens (Harper & Konstan, 2015) or a CSV as implicit feedback, split leave-last-out.
 
     ``min_rating`` keeps only ratings at least that high (0: every rating is an
-    interaction, as in the NCF paper).
+    interaction, as in the NCF paper). ``full_ranking`` adds full-ranking metrics
+    next to the sampled ones.
     """
     threshold = check_float("data.min_rating", min_rating, 0.0, np.inf)
+    if not isinstance(full_ranking, bool):
+        raise ClientsError(f"data.full_ranking: {full_ranking!r} must be true or false")
     if source not in SOURCES:
         raise ClientsError(f"data.source: unknown {source!r}; choose one of: {', '.join(SOURCES)}")
     if source == "csv":
@@ -257,9 +273,10 @@ def load_movielens(
     keep = ratings >= threshold
     if not keep.any():
         raise ClientsError(f"data.min_rating: {min_rating!r} keeps no interaction")
-    return interactions_from_table(
+    data = interactions_from_table(
         name, users[keep], items[keep], stamps[keep], seed=seed, test_negatives=test_negatives
     )
+    return dataclasses.replace(data, full_ranking=full_ranking)
 
 
 # ---------------------------------------------------------------------------
@@ -274,7 +291,8 @@ class InteractionFleet:
     (padding past ``counts[d]``); ``user_ids`` [D, U]: the global user in each
     slot (-1: empty); ``seen`` [D, U, I]: the slot's training items (what
     negative sampling avoids); ``test_items`` [D, U, 1 + n]: the held-out item
-    then its n sampled negatives.
+    then its n sampled negatives; ``full_ranking``: evaluation also ranks the
+    held-out item against every item the slot has not trained on.
     """
 
     users: torch.Tensor
@@ -284,6 +302,7 @@ class InteractionFleet:
     seen: torch.Tensor
     test_items: torch.Tensor
     num_items: int
+    full_ranking: bool = False
 
     @property
     def devices(self) -> int:
@@ -344,6 +363,7 @@ def pack_interactions(data: Interactions, parts: list[np.ndarray]) -> Interactio
         torch.from_numpy(seen),
         torch.from_numpy(test_items),
         data.num_items,
+        data.full_ranking,
     )
 
 
@@ -366,4 +386,5 @@ def pool_fleet(fleet: InteractionFleet) -> InteractionFleet:
         fleet.seen.reshape(1, devices * slots, -1),
         fleet.test_items.reshape(1, devices * slots, -1),
         fleet.num_items,
+        fleet.full_ranking,
     )

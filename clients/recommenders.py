@@ -56,8 +56,10 @@ RECOMMENDERS: dict[str, RecommenderFactory] = {}
 
 NEGATIVE_TRIES = 4  # draws per negative before keeping one that may be a training item
 TOP_K = 10
+FULL_SUFFIX = "_full"  # hr@10_full, ndcg@10_full: ranked against every untrained item, not 99 sampled
 _NEGATIVE_STREAM = 0x4E47  # keeps negative sampling apart from the epoch-order stream
 DEFAULT_CHUNK = 1024
+EVAL_PAIRS = 1 << 20  # (user, item) pairs scored per evaluation chunk: bounds gathered rows to ~100 MB
 
 
 class Recommender(nn.Module):
@@ -359,8 +361,14 @@ def _train_chunk(
 
 
 def rank_of_positive(scores: torch.Tensor) -> torch.Tensor:
-    """Rank (0 = top) of column 0 among each row's candidates; a tie counts against the positive."""
-    return (scores[..., 1:] >= scores[..., :1]).sum(-1)
+    """Rank (0 = top) of column 0 among each row's candidates; a tie counts against the positive,
+    and so does a NaN (a diverged model must score no hit: NaN >= x is False, which would count as one)."""
+    return _beats(scores[..., 1:], scores[..., :1]).sum(-1)
+
+
+def _beats(candidates: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Which candidates rank at or above the positive: a higher or equal score, or a NaN on either side."""
+    return (candidates >= positive) | candidates.isnan() | positive.isnan()
 
 
 def hit_and_ndcg(ranks: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,15 +396,29 @@ class DeviceModels:
 
 @torch.no_grad()
 def device_scores(
-    model: Recommender, models: DeviceModels, data: InteractionFleet, *, chunk_size: int = 256
+    model: Recommender,
+    models: DeviceModels,
+    data: InteractionFleet,
+    *,
+    every_item: bool = False,
+    chunk_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores [E, U, 1 + n] of each evaluated device's users' test candidates, and the slot mask [E, U]."""
+    """Scores of each evaluated device's users' candidates, and the slot mask [E, U].
+
+    Candidates are the test items [E, U, 1 + n] (the held-out item, then its
+    sampled negatives) or, with ``every_item``, all items [E, U, I] in id order.
+    """
     out = []
     dense_names = [name for name in models.shared if name not in model.tables]
+    width = data.num_items if every_item else data.test_items.shape[-1]
+    chunk_size = max(1, min(chunk_size, EVAL_PAIRS // max(1, data.slots * width)))
     for start in range(0, len(models.devices), chunk_size):
         devices = models.devices[start : start + chunk_size]
         row = models.row[start : start + chunk_size]
-        candidates = data.test_items[devices]  # [e, U, 1 + n]
+        if every_item:
+            candidates = torch.arange(width).expand(len(devices), data.slots, width)  # [e, U, I]
+        else:
+            candidates = data.test_items[devices]  # [e, U, 1 + n]
         slots = torch.arange(data.slots).view(1, -1, 1).expand_as(candidates).flatten(1)
         flat_items = candidates.flatten(1)
         local = torch.arange(len(devices)).unsqueeze(1)
@@ -411,29 +433,60 @@ def device_scores(
     return torch.cat(out), data.user_valid[models.devices]
 
 
-def ranking_metrics(scores: torch.Tensor, valid: torch.Tensor, k: int = TOP_K) -> dict[str, float]:
-    """Mean HR@k and NDCG@k over the valid test cases (every user weighs the same)."""
-    hit, ndcg = hit_and_ndcg(rank_of_positive(scores), k)
+def full_ranks(scores: torch.Tensor, test_item: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Rank (0 = top) of each held-out item among all items [..., I] the user has not trained on.
+
+    ``scores`` and ``seen`` (the user's training items) are [..., I], ``test_item``
+    [...]; items the user trained on are left out of the ranking, as is the
+    held-out item itself; a tie or a NaN counts against it, as in :func:`rank_of_positive`.
+    """
+    positive = scores.gather(-1, test_item.unsqueeze(-1))
+    competing = ~seen
+    competing.scatter_(-1, test_item.unsqueeze(-1), False)
+    return (_beats(scores, positive) & competing).sum(-1)
+
+
+def metrics_of_ranks(ranks: torch.Tensor, valid: torch.Tensor, k: int = TOP_K, suffix: str = "") -> dict[str, float]:
+    """Mean HR@k and NDCG@k over the valid test cases (every user weighs the same), named ``hr@k<suffix>``."""
+    hit, ndcg = hit_and_ndcg(ranks, k)
     mask = valid.to(torch.float64)
     total = float(mask.sum())
+    names = f"hr@{k}{suffix}", f"ndcg@{k}{suffix}"
     if total == 0:
-        return {f"hr@{k}": math.nan, f"ndcg@{k}": math.nan}
-    return {f"hr@{k}": float((hit * mask).sum()) / total, f"ndcg@{k}": float((ndcg * mask).sum()) / total}
+        return dict.fromkeys(names, math.nan)
+    return {names[0]: float((hit * mask).sum()) / total, names[1]: float((ndcg * mask).sum()) / total}
+
+
+def ranking_metrics(scores: torch.Tensor, valid: torch.Tensor, k: int = TOP_K) -> dict[str, float]:
+    """Mean HR@k and NDCG@k over the valid test cases, column 0 of ``scores`` the held-out item."""
+    return metrics_of_ranks(rank_of_positive(scores), valid, k)
 
 
 def evaluate_devices(model: nn.Module, models: DeviceModels, data: InteractionFleet) -> dict[str, float]:
-    """HR@10 and NDCG@10 with the fleet's sampled negatives, each device scoring its own users."""
+    """HR@10 and NDCG@10 with the fleet's sampled negatives, each device scoring its own users;
+    with ``data.full_ranking`` also ``hr@10_full``/``ndcg@10_full`` against every untrained item."""
     if not isinstance(model, Recommender):
         raise ClientsError(f"model.kind: interaction data needs a recommender model, got {type(model).__name__}")
     scores, valid = device_scores(model, models, data)
-    return ranking_metrics(scores, valid)
+    metrics = ranking_metrics(scores, valid)
+    if data.full_ranking:
+        scores, valid = device_scores(model, models, data, every_item=True)
+        ranks = full_ranks(scores, data.test_items[models.devices, :, 0], data.seen[models.devices])
+        metrics |= metrics_of_ranks(ranks, valid, suffix=FULL_SUFFIX)
+    return metrics
 
 
 def popularity_metrics(data: InteractionFleet) -> dict[str, float]:
-    """The popularity baseline: every user's candidates ranked by their training-interaction count."""
+    """The popularity baseline: every user's candidates ranked by their training-interaction count
+    (and, with ``data.full_ranking``, every untrained item)."""
     valid = torch.arange(data.capacity).unsqueeze(0) < data.counts.unsqueeze(1)
     popularity = torch.bincount(data.items[valid], minlength=data.num_items).to(torch.float64)
-    return ranking_metrics(popularity[data.test_items], data.user_valid)
+    metrics = ranking_metrics(popularity[data.test_items], data.user_valid)
+    if data.full_ranking:
+        scores = popularity.expand(*data.seen.shape)
+        ranks = full_ranks(scores, data.test_items[..., 0], data.seen)
+        metrics |= metrics_of_ranks(ranks, data.user_valid, suffix=FULL_SUFFIX)
+    return metrics
 
 
 @torch.no_grad()

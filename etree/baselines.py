@@ -21,7 +21,6 @@ import torch
 
 from clients.models import ParamStack, replicate
 from clients.recommenders import DeviceModels
-from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.etree_learning import ETreeBuilder, TreeOptions, check_engine_options, check_ratios
 from etree.hierarchical import TreeProtocol
@@ -51,15 +50,7 @@ class IndividualProtocol(Protocol):
         self.evaluated = torch.from_numpy(np.sort(rng.choice(workload.devices, size=count, replace=False)))
 
     def run_round(self, round_index: int) -> RoundCost:
-        self.params = local_train(
-            self.workload.model,
-            self.params,
-            self.workload.data,
-            self.devices,
-            self.workload.train,
-            seed=self.workload.seed,
-            round_index=round_index,
-        )
+        self.params = self.workload.train_devices(self.params, self.devices, round_index)
         ids = self.devices.numpy()
         duration = float(self.network.compute_s(ids, self.workload.epoch_flops[ids]).max(initial=0.0))
         return RoundCost(duration, 0, 0)

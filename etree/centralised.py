@@ -21,7 +21,7 @@ from clients.fleet import FleetData
 from clients.interactions import InteractionFleet, pool_fleet
 from clients.models import ParamStack
 from clients.recommenders import DeviceModels, popularity_metrics
-from clients.training import TrainConfig, local_train
+from clients.training import TrainConfig
 from etree.errors import ProtocolError
 from etree.fedavg import choose_server
 from etree.network import NetworkModel
@@ -68,14 +68,8 @@ class CentralisedProtocol(Protocol):
             self.upload = int(data.counts.sum()) * per_sample
 
     def run_round(self, round_index: int) -> RoundCost:
-        self.params = local_train(
-            self.workload.model,
-            self.params,
-            self.pooled,
-            torch.tensor([0]),
-            self.config,
-            seed=self.workload.seed,
-            round_index=round_index,
+        self.params = self.workload.train_devices(
+            self.params, torch.tensor([0]), round_index, config=self.config, data=self.pooled
         )
         flops = float(self.workload.epoch_flops.sum())
         duration = float(self.network.compute_s(np.array([self.server]), np.array([flops]))[0])

@@ -28,11 +28,12 @@ Resolver = Callable[[str | int], int | None]
 class SimClock:
     """One ``simpy.Environment`` per protocol run, with the set of nodes that have crashed."""
 
-    def __init__(self, conditions: NetworkConditions | None = None) -> None:
-        self.env = simpy.Environment()
+    def __init__(self, conditions: NetworkConditions | None = None, *, start_s: float = 0.0) -> None:
+        self.env = simpy.Environment(initial_time=start_s)
         self.conditions = conditions or NetworkConditions()
         self.dead: set[int] = set()
         self.died_at: dict[int, float] = {}  # crashed node -> the simulated second it died
+        self.pending: list[Crash] = []  # scheduled crashes that have not fired yet (a checkpoint keeps them)
         self._events: list[tuple[float, str, int]] = []
 
     @property
@@ -69,10 +70,12 @@ class SimClock:
         """One simpy process per crash; ``resolve`` turns a role into a node id when it fires
         (None: the protocol has no such node, and nothing happens)."""
         for crash in crashes:
+            self.pending.append(crash)
             self.env.process(self._crash(crash, resolve))
 
     def _crash(self, crash: Crash, resolve: Resolver) -> Generator[simpy.Event, Any, None]:
-        yield self.env.timeout(crash.at_s)
+        yield self.env.timeout(max(0.0, crash.at_s - self.now))
+        self.pending.remove(crash)
         node = resolve(crash.node)
         if node is not None and node not in self.dead:
             self.dead.add(int(node))

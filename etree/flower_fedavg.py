@@ -15,6 +15,22 @@ time and bytes that in-engine FedAvg charges for the same round (a star tree
 to the same server, timed by ``etree.tree_timing`` on the run's clock), so curves are comparable.
 Flower's real wall-clock goes to the log only, never into metrics.
 
+Models with private parameters (a recommender's user embeddings,
+``Workload.private``): each node keeps its own rows in Flower's per-node
+``context.state`` (a ``RecordDict`` that the simulation engine stores per node
+and hands back with the node's next message), trains the global shared model
+with them, stores the trained rows back and replies with the shared parameters
+only (item embeddings and dense weights), so Flower's FedAvg never receives,
+let alone averages, a user row; ``FlowerRun.sent`` lists every array name the
+server received, for tests to check. Evaluation needs each device's rows as
+trained under Flower (every device scores its own users, as in the in-engine
+protocols): each node also logs its rows after every round it trained in
+``context.state``, and after the last round the ServerApp sends one
+evaluation-only ``query.private_rows`` message per node that returns the log.
+That query is the simulator reading the devices for its metrics, not protocol
+traffic: it is sent after training has ended, is not aggregated and is not
+counted in ``bytes_sent``.
+
 Choices the comparison forces:
 
 * Weighting: Flower's FedAvg weights by ``num-examples``. ``weighted=True``
@@ -31,12 +47,11 @@ Choices the comparison forces:
   FedAvg samples (``participants``: the same counter-based draw from
   ``workload.seed``). Aggregation stays Flower's.
 * A guest that leaves no trace: telemetry, update checks and Ray usage stats
-  are off; Ray runs on loopback only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
-  and ``_node_ip_address=127.0.0.1``), and HTTP proxy variables point at a
-  closed loopback port so the cloud-metadata probe that Ray's usage-stats
-  dashboard process makes even with usage stats off (``requests`` to
-  169.254.169.254 and metadata.google.internal) never leaves the machine.
-  ``benchmarks/check_no_outbound.py`` checks this with strace.
+  are off and Ray runs on loopback only (``etree.ray_guest``, shared with the
+  Ray training backend); ``benchmarks/check_no_outbound.py`` checks this with strace.
+  Ray is started here rather than by Flower's backend so that a failure is one
+  clear ProtocolError before any Flower thread exists (inside ``run_simulation``
+  the ServerApp thread would be left waiting for replies).
 """
 
 from __future__ import annotations
@@ -44,7 +59,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -54,33 +68,21 @@ from typing import Any, cast
 import torch
 
 from clients.fleet import FleetData
-from clients.models import ParamStack
+from clients.interactions import InteractionFleet
+from clients.models import ParamStack, replicate
+from clients.recommenders import DeviceModels
 from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.fedavg import choose_server
 from etree.hierarchical import participants
 from etree.network import NetworkModel
 from etree.protocol import Protocol, RoundCost, Workload
+from etree.ray_guest import guest_environment, start_loopback_ray
 from etree.registry import register_protocol
 from etree.tree import AggregationTree, star_tree
 from etree.tree_timing import TreeTiming, round_messages
 
 logger = logging.getLogger(__name__)
-
-# Set for the Ray processes (they inherit the environment when ``ray.init`` starts them).
-GUEST_ENVIRONMENT = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences Ray's FutureWarning about accelerators
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node IP = loopback; a real multi-machine cluster must not set it
-    "http_proxy": "http://127.0.0.1:9",  # port 9 (discard) is closed: metadata probes fail at once, locally
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "https_proxy": "http://127.0.0.1:9",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "no_proxy": "127.0.0.1,localhost",  # Ray's own gRPC and HTTP stay direct
-    "NO_PROXY": "127.0.0.1,localhost",
-}
 
 # Flower warnings every run of this adapter triggers on purpose; anything else still shows.
 _EXPECTED_FLOWER_WARNINGS = (
@@ -93,25 +95,12 @@ _EXPECTED_FLOWER_WARNINGS = (
 class FlowerRun:
     """What one Flower simulation produced."""
 
-    global_models: list[ParamStack]  # index r: the global model after round r (0: initial)
+    global_models: list[ParamStack]  # index r: the global model after round r (0: initial; shared parameters)
     trained: list[list[int]]  # index r-1: the devices whose replies Flower aggregated in round r
     wall_s: float  # real seconds of run_simulation, for logs only
     ray_session_dir: str  # Ray's session folder: its logs, and the name its processes carry
-
-
-@contextlib.contextmanager
-def _guest_environment() -> Iterator[None]:
-    """Set ``GUEST_ENVIRONMENT`` while Flower and Ray run; restore the caller's values after."""
-    saved = {name: os.environ.get(name) for name in GUEST_ENVIRONMENT}
-    os.environ.update(GUEST_ENVIRONMENT)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    sent: frozenset[str]  # every array name in the train replies the server received
+    private_rows: dict[int, dict[str, torch.Tensor]]  # device -> its logged rows "<name>@<round>" (evaluation only)
 
 
 class _DropExpected(logging.Filter):
@@ -146,45 +135,6 @@ def _quiet_flower_logs() -> Iterator[None]:
             handler.colored = colour
 
 
-def _start_ray(num_cpus: int, label: str) -> tuple[dict[str, Any], str]:
-    """Start Ray on loopback; return the init arguments and the session folder (Ray's logs live there).
-
-    Started here rather than by Flower's backend so that a failure is one clear
-    ProtocolError before any Flower thread exists (inside ``run_simulation`` the
-    ServerApp thread would be left waiting for replies).
-    """
-    import ray
-    from ray._private import ray_constants
-
-    if ray.is_initialized():
-        raise ProtocolError(
-            f"protocols.{label}: Ray is already running in this process; Flower's backend shuts Ray down "
-            f"when it finishes, so run the flower protocol in a process of its own"
-        )
-    if ray_constants.ENABLE_RAY_CLUSTER:  # read once at import: an import before ours saw no loopback setting
-        logger.warning(
-            "flower: Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; "
-            "the driver may contact Ray through the host's address instead of loopback"
-        )
-    init_args: dict[str, Any] = {
-        "include_dashboard": False,
-        "num_cpus": num_cpus,
-        "_node_ip_address": "127.0.0.1",
-        "logging_level": "ERROR",
-        "log_to_driver": False,
-    }
-    # As Flower's RayBackend does: workers must import what the driver can (etree, clients).
-    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
-    try:
-        context = ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **init_args)
-    except Exception as error:  # Ray raises many types here (ConnectionError, RuntimeError, OSError...)
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise ProtocolError(f"protocols.{label}: Flower's Ray backend could not start ({reason})") from error
-    return init_args, str(cast(Any, context).address_info["session_dir"])  # a RayContext, typed as its base
-
-
 def _client_payload(workload: Workload, weighted: bool) -> dict[str, Any]:
     """What every ClientApp call needs, shipped once into Ray's object store.
 
@@ -197,28 +147,47 @@ def _client_payload(workload: Workload, weighted: bool) -> dict[str, Any]:
         "train": workload.train,
         "seed": workload.seed,
         "weighted": weighted,
+        "private": {name: workload.initial[name] for name in sorted(workload.private)},  # rows before round 1
     }
 
 
 def _client_app(payload_ref: Any) -> Any:
     """A ClientApp whose ``train`` runs the engine's local training on its own device.
 
-    Its functions reach only ``torch``, ``clients`` and ``flwr`` (see ``_client_payload``).
+    Its functions reach only ``torch``, ``clients`` and ``flwr`` (see ``_client_payload``), so the
+    helpers are nested here: a module-level one would make Ray's actors import ``etree``.
+    A node's private rows live in ``context.state``: ``"private"`` holds the rows it trains with,
+    ``"private-history"`` the rows after each round it trained (``<name>@<round>``), read only
+    by the evaluation-only ``query.private_rows``.
     """
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
+    def own_rows(context: Any, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The node's private rows: as it last trained them, or the initial model's before round 1."""
+        kept = context.state.array_records.get("private")
+        return initial if kept is None else dict(kept.to_torch_state_dict())
+
+    def keep_rows(context: Any, rows: dict[str, torch.Tensor], server_round: int) -> None:
+        """Store the trained rows in the node's state and log them under this round."""
+        context.state["private"] = ArrayRecord(rows)
+        logged = context.state.array_records.get("private-history")
+        history = {} if logged is None else dict(logged.to_torch_state_dict())
+        history.update({f"{name}@{server_round}": tensor for name, tensor in rows.items()})
+        context.state["private-history"] = ArrayRecord(history)
+
     @app.train()
     def train(message: Message, context: Any) -> Message:
         import ray
 
         payload = ray.get(payload_ref)
-        data: FleetData = payload["data"]
+        data: FleetData | InteractionFleet = payload["data"]
         device = int(context.node_config["partition-id"])
         arrays = message.content.array_records["arrays"].to_torch_state_dict()
-        stack = {name: tensor.unsqueeze(0) for name, tensor in arrays.items()}
+        own = own_rows(context, payload["private"]) if payload["private"] else {}
+        stack = {name: tensor.unsqueeze(0) for name, tensor in (arrays | own).items()}
         server_round = cast(int, message.content.config_records["config"]["server-round"])
         trained = local_train(
             payload["model"],
@@ -229,10 +198,12 @@ def _client_app(payload_ref: Any) -> Any:
             seed=payload["seed"],
             round_index=server_round,
         )
+        if own:  # private rows stay on the node: never in the reply
+            keep_rows(context, {name: trained[name][0] for name in own}, server_round)
         examples = int(data.counts[device]) if payload["weighted"] else 1
         reply = RecordDict(
             {
-                "arrays": ArrayRecord({name: tensor[0] for name, tensor in trained.items()}),
+                "arrays": ArrayRecord({name: tensor[0] for name, tensor in trained.items() if name not in own}),
                 "metrics": MetricRecord({"num-examples": examples, "partition-id": device}),
             }
         )
@@ -243,13 +214,30 @@ def _client_app(payload_ref: Any) -> Any:
         device = int(context.node_config["partition-id"])
         return Message(RecordDict({"node": MetricRecord({"partition-id": device})}), reply_to=message)
 
+    @app.query("private_rows")
+    def private_rows(message: Message, context: Any) -> Message:
+        """Evaluation only, after the last round: the node's logged private rows (not protocol traffic)."""
+        device = int(context.node_config["partition-id"])
+        content = RecordDict({"node": MetricRecord({"partition-id": device})})
+        logged = context.state.array_records.get("private-history")
+        if logged is not None:
+            content["history"] = logged
+        return Message(content, reply_to=message)
+
     return app
 
 
 def _server_app(
-    workload: Workload, participation: float, label: str, captured: list[ParamStack], trained: list[list[int]]
+    workload: Workload,
+    participation: float,
+    label: str,
+    captured: list[ParamStack],
+    trained: list[list[int]],
+    sent: set[str],
+    private_rows: dict[int, dict[str, torch.Tensor]],
 ) -> Any:
-    """A ServerApp running Flower's FedAvg for ``workload.rounds`` rounds, keeping every global model."""
+    """A ServerApp running Flower's FedAvg for ``workload.rounds`` rounds, keeping every global model
+    (and, with private parameters, reading the nodes' logged rows once the rounds are over)."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
@@ -260,6 +248,7 @@ def _server_app(
     def record_trained(replies: list[RecordDict], weight_key: str) -> MetricRecord:
         """Called once per round with the replies Flower aggregates: note whose they were."""
         trained.append(sorted(cast(int, next(iter(r.metric_records.values()))["partition-id"]) for r in replies))
+        sent.update(name for r in replies for record in r.array_records.values() for name in record)
         return MetricRecord({"clients": len(replies)})
 
     def keep_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -304,8 +293,10 @@ def _server_app(
             strategy = FedAvg(**options)
         else:
             strategy = SeededFedAvg(_map_devices(grid, devices, label), **options)
-        initial = ArrayRecord({name: tensor.clone() for name, tensor in workload.initial.items()})
+        initial = ArrayRecord({name: tensor.clone() for name, tensor in workload.shared(workload.initial).items()})
         strategy.start(grid=grid, initial_arrays=initial, num_rounds=workload.rounds, evaluate_fn=keep_global)
+        if workload.private:
+            private_rows.update(_collect_private_rows(grid, devices, label))
 
     return app
 
@@ -348,6 +339,34 @@ def _map_devices(grid: Any, devices: int, label: str) -> dict[int, int]:
     return node_of_device
 
 
+def _collect_private_rows(grid: Any, devices: int, label: str) -> dict[int, dict[str, torch.Tensor]]:
+    """Evaluation only, after the last round: every node's logged private rows, by device.
+
+    The simulator reads the devices to score them; this is not FedAvg traffic
+    (nothing is aggregated, and the protocol's ``bytes_sent`` never counts it).
+    """
+    from flwr.app import Message, MessageType, RecordDict
+
+    nodes = sorted(grid.get_node_ids())
+    queries = [
+        Message(content=RecordDict(), message_type=f"{MessageType.QUERY}.private_rows", dst_node_id=n) for n in nodes
+    ]
+    rows: dict[int, dict[str, torch.Tensor]] = {}
+    for reply in grid.send_and_receive(queries):
+        if reply.has_error():
+            raise ProtocolError(
+                f"protocols.{label}: a supernode failed to report its private rows ({reply.error.reason})"
+            )
+        device = cast(int, reply.content.metric_records["node"]["partition-id"])
+        history = reply.content.array_records.get("history")
+        rows[device] = {} if history is None else dict(history.to_torch_state_dict())
+    if sorted(rows) != list(range(devices)):
+        raise ProtocolError(
+            f"protocols.{label}: private rows came from devices {sorted(rows)}, expected 0..{devices - 1}"
+        )
+    return rows
+
+
 def run_flower_fedavg(
     workload: Workload,
     *,
@@ -360,7 +379,9 @@ def run_flower_fedavg(
     cores = num_cpus or len(os.sched_getaffinity(0))
     captured: list[ParamStack] = []
     trained: list[list[int]] = []
-    with _guest_environment():
+    sent: set[str] = set()
+    private_rows: dict[int, dict[str, torch.Tensor]] = {}
+    with guest_environment():
         with warnings.catch_warnings():  # flwr's CLI dependency (typer) warns about click on import
             warnings.simplefilter("ignore", DeprecationWarning)
             import flwr.supercore.telemetry as telemetry
@@ -369,12 +390,18 @@ def run_flower_fedavg(
 
         telemetry.FLWR_TELEMETRY_ENABLED = "0"  # read once at import: an earlier import may have seen "1"
         with _quiet_flower_logs():
-            init_args, session_dir = _start_ray(cores, label)
+            init_args, session_dir = start_loopback_ray(
+                cores,
+                field=f"protocols.{label}",
+                engine="Flower's Ray backend",
+                busy="Flower's backend shuts Ray down when it finishes, so run the flower protocol in a process "
+                'of its own (and not with backend.kind = "ray")',
+            )
             try:
                 payload = ray.put(_client_payload(workload, weighted))
                 started = time.perf_counter()
                 run_simulation(
-                    server_app=_server_app(workload, participation, label, captured, trained),
+                    server_app=_server_app(workload, participation, label, captured, trained, sent, private_rows),
                     client_app=_client_app(payload),
                     num_supernodes=workload.devices,
                     backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
@@ -391,7 +418,27 @@ def run_flower_fedavg(
         cores,
         session_dir,
     )
-    return FlowerRun(captured, trained, wall, session_dir)
+    return FlowerRun(captured, trained, wall, session_dir, frozenset(sent), private_rows)
+
+
+def _rows_by_round(
+    logged: dict[int, dict[str, torch.Tensor]], private: frozenset[str], label: str
+) -> dict[int, tuple[torch.Tensor, ParamStack]]:
+    """The nodes' logs (device -> ``{"<name>@<round>": rows}``) regrouped by round: the devices that
+    trained in it and their rows stacked in that device order."""
+    by_round: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+    for device in sorted(logged):
+        for key, tensor in logged[device].items():
+            name, _, round_text = key.rpartition("@")
+            if name not in private or not round_text.isdigit():
+                raise ProtocolError(f"protocols.{label}: device {device} logged {key!r}, not a private row")
+            by_round.setdefault(int(round_text), {}).setdefault(device, {})[name] = tensor
+    out: dict[int, tuple[torch.Tensor, ParamStack]] = {}
+    for round_index, rows in sorted(by_round.items()):
+        devices = sorted(rows)
+        stacked = {name: torch.stack([rows[d][name] for d in devices]) for name in sorted(private)}
+        out[round_index] = (torch.tensor(devices, dtype=torch.int64), stacked)
+    return out
 
 
 class FlowerFedAvg(Protocol):
@@ -406,12 +453,6 @@ class FlowerFedAvg(Protocol):
         self._weighted = weighted
 
     def setup(self, workload: Workload) -> None:
-        if workload.private:
-            raise ProtocolError(
-                f"protocols.{self.label}: Flower's ClientApp keeps no per-device state between rounds, so a model "
-                f"with private parameters ({', '.join(sorted(workload.private))}) cannot run on it yet; "
-                f"use the in-engine fedavg"
-            )
         self.workload = workload
         self.network = NetworkModel(workload.graph)
         server = choose_server(workload, self.network, self._server, self.label)
@@ -424,6 +465,9 @@ class FlowerFedAvg(Protocol):
         for index in range(1, workload.rounds + 1):  # the ServerApp checked already; a run cut short shows here
             _check_round(workload, self._participation, self.label, index, self.run.trained)
         self.current = self.run.global_models[0]
+        # each device's private rows as the evaluation replays the rounds: the initial ones, then its logged ones
+        self.private = replicate({name: workload.initial[name] for name in sorted(workload.private)}, workload.devices)
+        self._logged = _rows_by_round(self.run.private_rows, workload.private, self.label)
 
     def run_round(self, round_index: int) -> RoundCost:
         if round_index >= len(self.run.global_models):
@@ -432,6 +476,10 @@ class FlowerFedAvg(Protocol):
                 f"workload.rounds={len(self.run.global_models) - 1} rounds in setup"
             )
         self.current = self.run.global_models[round_index]
+        if round_index in self._logged:  # the devices that trained this round hold new private rows
+            devices, rows = self._logged[round_index]
+            for name, tensor in rows.items():
+                self.private[name][devices] = tensor
         ids = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
         size = self.workload.wire_bytes
         if not self.workload.network.timing:
@@ -444,6 +492,14 @@ class FlowerFedAvg(Protocol):
 
     def evaluation_models(self) -> ParamStack:
         return {name: tensor.unsqueeze(0) for name, tensor in self.current.items()}
+
+    def device_models(self) -> DeviceModels:
+        """Every device with Flower's global model and its own rows as Flower's nodes trained them
+        (read after the run by the evaluation-only query; see the module docstring)."""
+        devices = torch.arange(self.workload.devices)
+        return DeviceModels(
+            self.evaluation_models(), torch.zeros(len(devices), dtype=torch.int64), self.private, devices
+        )
 
     def structure(self) -> dict[str, Any]:
         return self.tree.to_dict()

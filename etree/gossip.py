@@ -78,7 +78,6 @@ from clients.evaluation import voted_accuracy
 from clients.models import ParamStack, replicate, select
 from clients.recommenders import DeviceModels
 from clients.streams import hashed_uniform
-from clients.training import local_train
 from etree.errors import ProtocolError
 from etree.network import NetworkModel
 from etree.protocol import Protocol, RoundCost, Workload, own_models
@@ -436,14 +435,10 @@ class GossipProtocol(Protocol):
             return
         workload, picked = self.workload, torch.from_numpy(senders)
         whole = len(senders) == workload.devices
-        trained = local_train(
-            workload.model,
+        trained = workload.train_devices(
             self.params if whole else {name: tensor[picked] for name, tensor in self.params.items()},
-            workload.data,
             picked,
-            workload.train,
-            seed=workload.seed,
-            round_index=round_index,
+            round_index,
         )
         if whole:
             self.params = trained

@@ -34,7 +34,6 @@ import torch
 from clients.models import ParamStack, replicate
 from clients.recommenders import DeviceModels
 from clients.streams import hashed_uniform
-from clients.training import local_train
 from etree.aggregation import broadcast, segment_mean
 from etree.errors import ProtocolError
 from etree.links import LinkLedger, LinkLoad
@@ -152,15 +151,7 @@ class TreeProtocol(Protocol):
             delivered, late = np.ones(len(ids), dtype=bool), np.zeros(len(ids), dtype=bool)
         cost = RoundCost(duration, messages * self.workload.wire_bytes, messages, clocked=True)
         if len(ids):
-            trained = local_train(
-                self.workload.model,
-                {k: v[active] for k, v in self.params.items()},
-                self.workload.data,
-                active,
-                self.workload.train,
-                seed=self.workload.seed,
-                round_index=round_index,
-            )
+            trained = self.workload.train_devices({k: v[active] for k, v in self.params.items()}, active, round_index)
             kept = torch.from_numpy(delivered)
             for name, tensor in trained.items():
                 self.params[name][active[kept]] = tensor[kept]

@@ -42,7 +42,7 @@ from clients.evaluation import evaluate_models
 from clients.interactions import InteractionFleet
 from clients.models import replicate
 from clients.recommenders import public_hit_rate
-from clients.training import TrainConfig, local_train
+from clients.training import TrainConfig
 from etree.errors import ProtocolError
 from etree.network import NetworkModel
 from etree.placement import MAX_CANDIDATES
@@ -317,14 +317,8 @@ def pretrain_accuracy(workload: Workload, epochs: int, public_x: torch.Tensor, p
     then its model's 0-1 accuracy on the public set is measured. The models are thrown away."""
     config = TrainConfig(workload.train.lr, epochs, workload.train.batch_size)
     devices = torch.arange(workload.devices)
-    trained = local_train(
-        workload.model,
-        replicate(workload.initial, workload.devices),
-        workload.data,
-        devices,
-        config,
-        seed=workload.seed,
-        round_index=PRETRAIN_ROUND,
+    trained = workload.train_devices(
+        replicate(workload.initial, workload.devices), devices, PRETRAIN_ROUND, config=config
     )
     accuracy, _ = evaluate_models(workload.model, trained, public_x, public_y)
     return accuracy
@@ -344,13 +338,7 @@ def pretrain_hit_rate(workload: Workload, epochs: int, samples: int, seed: int) 
     slots = torch.nonzero(data.user_valid)  # [users, 2]: (device, slot)
     rows = np.sort(np.random.default_rng(seed).choice(len(slots), size=min(samples, len(slots)), replace=False))
     config = TrainConfig(workload.train.lr, epochs, workload.train.batch_size)
-    trained = local_train(
-        workload.model,
-        replicate(workload.initial, workload.devices),
-        data,
-        torch.arange(workload.devices),
-        config,
-        seed=workload.seed,
-        round_index=PRETRAIN_ROUND,
+    trained = workload.train_devices(
+        replicate(workload.initial, workload.devices), torch.arange(workload.devices), PRETRAIN_ROUND, config=config
     )
     return public_hit_rate(workload.model, workload.shared(trained), data, slots[torch.from_numpy(rows)])

@@ -20,7 +20,7 @@ whatever the protocol, so curves share an x-axis.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -36,6 +36,8 @@ from clients.interactions import InteractionFleet
 from clients.models import ParamStack, forward_flops, model_bytes
 from clients.recommenders import DeviceModels, Recommender, evaluate_devices, split_private
 from clients.training import TrainConfig
+from etree.backends import LocalTrainer, Trainer
+from etree.checkpoint import RunSnapshot, restore_snapshot, take_snapshot
 from etree.clock import SimClock
 from etree.conditions import NetworkConditions
 from etree.links import LinkLoad
@@ -48,6 +50,10 @@ class Workload:
     ``private`` names parameters that never leave their device (a recommender's
     user embeddings): protocols train them but never send, average or report
     them, and ``message_bytes`` counts only the others.
+
+    ``trainer`` is where local training runs (``[backend]``: this process, or
+    Ray workers); protocols train through ``train_devices``, never by calling
+    ``local_train`` themselves, so the backend changes no protocol code.
     """
 
     model: nn.Module
@@ -63,6 +69,7 @@ class Workload:
     rounds: int  # rounds the run will last (protocols that must plan ahead, e.g. Flower, read it)
     network: NetworkConditions = field(default_factory=NetworkConditions)  # [network] of the spec: timing, faults
     private: frozenset[str] = frozenset()  # parameters that never leave their device
+    trainer: Trainer = field(default_factory=LocalTrainer)  # the training backend (etree.backends)
 
     @property
     def devices(self) -> int:
@@ -72,6 +79,28 @@ class Workload:
     def recommender(self) -> bool:
         """Interaction data and a recommender model: metrics are HR@10 and NDCG@10."""
         return isinstance(self.data, InteractionFleet)
+
+    def train_devices(
+        self,
+        params: ParamStack,
+        device_ids: torch.Tensor,
+        round_index: int,
+        *,
+        config: TrainConfig | None = None,
+        data: FleetData | InteractionFleet | None = None,
+    ) -> ParamStack:
+        """Local training of the devices ``device_ids`` (row i of ``params``) on the run's backend:
+        ``config`` (default ``self.train``) on ``data`` (default the fleet's), seeded by ``self.seed``
+        and ``round_index``. Returns new tensors; ``params`` is not modified."""
+        return self.trainer.train(
+            self.model,
+            params,
+            self.data if data is None else data,
+            device_ids,
+            self.train if config is None else config,
+            seed=self.seed,
+            round_index=round_index,
+        )
 
     @cached_property
     def message_bytes(self) -> int:
@@ -188,23 +217,42 @@ def own_models(params: ParamStack, devices: torch.Tensor, private: frozenset[str
     return DeviceModels(shared, torch.arange(len(devices)), mine, devices)
 
 
-def run_protocol(protocol: Protocol, workload: Workload, *, rounds: int, eval_every: int) -> Iterator[Record]:
+def run_protocol(
+    protocol: Protocol,
+    workload: Workload,
+    *,
+    rounds: int,
+    eval_every: int,
+    resume: RunSnapshot | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[RunSnapshot], None] | None = None,
+) -> Iterator[Record]:
     """Run ``rounds`` rounds, yielding records at round 0, every ``eval_every`` rounds and the last,
-    and one row per crash or failover, in the round it happened."""
-    clock = SimClock(workload.network)
-    protocol.clock = clock
-    protocol.setup(workload)
-    clock.schedule_crashes(workload.network.crashes_for(protocol.label), protocol.resolve_node)
-    sent = 0
-    counters: dict[str, float] = {}
+    and one row per crash or failover, in the round it happened.
+
+    Every ``checkpoint_every`` rounds (0: never; never after the last round), once the round's
+    records are yielded, ``on_checkpoint`` receives a snapshot of the run. ``resume`` continues a
+    snapshot taken of the same spec: ``protocol`` is freshly made and its ``setup`` is not run
+    again; the rounds after the snapshot yield exactly what the uninterrupted run yielded.
+    """
+    if resume is None:
+        clock = SimClock(workload.network)
+        protocol.clock = clock
+        protocol.setup(workload)
+        clock.schedule_crashes(workload.network.crashes_for(protocol.label), protocol.resolve_node)
+        first, sent, counters = 1, 0, {}
+    else:
+        clock = restore_snapshot(protocol, workload, resume)
+        first, sent, counters = resume.round_index + 1, resume.sent, dict(resume.counters)
 
     def snapshot(round_index: int) -> Iterator[Record]:
         metrics = protocol.evaluate(workload) | counters
         for metric in sorted(metrics):
             yield Record(protocol.label, round_index, clock.now, sent, metric, metrics[metric])
 
-    yield from snapshot(0)
-    for round_index in range(1, rounds + 1):
+    if resume is None:
+        yield from snapshot(0)
+    for round_index in range(first, rounds + 1):
         cost = protocol.run_round(round_index)
         if not cost.clocked and workload.network.timing:
             clock.advance(cost.duration_s)
@@ -215,3 +263,6 @@ def run_protocol(protocol: Protocol, workload: Workload, *, rounds: int, eval_ev
             yield Record(protocol.label, round_index, at, sent, kind, float(node))
         if round_index % eval_every == 0 or round_index == rounds:
             yield from snapshot(round_index)
+        due = checkpoint_every > 0 and round_index % checkpoint_every == 0 and round_index < rounds
+        if on_checkpoint is not None and due:
+            on_checkpoint(take_snapshot(protocol, workload, round_index, sent, counters))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from clients.errors import ClientsError
@@ -18,13 +19,14 @@ from topologies.errors import TopologyError
 
 USER_ERRORS = (SpecError, TopologyError, ClientsError, ProtocolError, FileNotFoundError)
 DEFAULT_SPEC = Path(__file__).with_name("default.toml")
+DEFAULT_CHECKPOINT_EVERY = 5
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etree", description="Decentralized edge federated learning simulator.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an experiment spec and write its run folder")
-    run.add_argument("spec", nargs="?", default=str(DEFAULT_SPEC), help="TOML spec (default: the built-in default)")
+    run.add_argument("spec", nargs="?", help="TOML spec (default: the built-in default)")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -35,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, help="run folder (default: results/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"checkpoint into RUN_DIR/checkpoint/ every N rounds (default {DEFAULT_CHECKPOINT_EVERY}; 0: never)",
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the interrupted run in RUN_DIR from its last checkpoint (no SPEC, no --set)",
+    )
     tree = commands.add_parser("tree", help="build a spec's aggregation tree, print it and draw it over the topology")
     tree.add_argument("spec", help="TOML spec with a tree protocol (etree, grouped, hierfavg)")
     tree.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -52,9 +67,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=V1,V2",
-        help="a spec key and its values, e.g. --grid data.alpha=0.1,1.0 (repeatable)",
+        help="a spec key and its values, e.g. --grid data.alpha=0.1,1.0 (repeatable; adds to or replaces "
+        "an axis of the spec's [sweep] grid)",
     )
-    sweep.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
+    sweep.add_argument("--seeds", type=int, help="seeds per setting (default: the spec's [sweep] seeds, else 3)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: results/<spec name>_sweep)")
@@ -64,15 +80,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from experiments.checkpoints import load_checkpoint, save_checkpoint
     from experiments.progress import RoundProgress
     from experiments.results import write_run
-    from experiments.runner import run_spec
+    from experiments.runner import RunCheckpoint, run_spec
     from experiments.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
-    out = args.out or Path("results") / spec.name
+    if args.checkpoint_every < 0:
+        raise SpecError(f"--checkpoint-every: got {args.checkpoint_every}; give a number of rounds >= 0 (0: never)")
+    resume: RunCheckpoint | None = None
+    if args.resume is not None:
+        if args.spec is not None or args.overrides or args.out is not None:
+            raise SpecError("--resume: give only the run folder; the run continues with the spec saved in it")
+        out = args.resume
+        spec, resume = load_checkpoint(out)
+    else:
+        spec = load_spec(args.spec or DEFAULT_SPEC, args.overrides)
+        out = args.out or Path("results") / spec.name
     with RoundProgress(spec, enabled=not args.quiet) as progress:
-        result = run_spec(spec, on_round=progress.update)
+        result = run_spec(
+            spec,
+            on_round=progress.update,
+            resume=resume,
+            checkpoint_every=args.checkpoint_every,
+            on_checkpoint=partial(save_checkpoint, out, spec) if args.checkpoint_every > 0 else None,
+        )
     write_run(result, out)
     print(f"wrote {out}/ (metrics.csv, summary.md, convergence.png, spec.toml, tree.json)")
     print((out / "summary.md").read_text())
@@ -86,8 +118,7 @@ def _plot(args: argparse.Namespace) -> int:
     from experiments.sweep import is_sweep, summarise_sweep
 
     if is_sweep(args.run_dir):
-        summarise_sweep(args.run_dir)
-        print(f"wrote {args.run_dir / 'sweep.png'} and {args.run_dir / 'summary.md'}")
+        print(f"wrote {', '.join(str(path) for path in summarise_sweep(args.run_dir))}")
         return 0
     path = plot_run(args.run_dir)
     atomic_write_text(args.run_dir / "summary.md", summary_markdown(args.run_dir))

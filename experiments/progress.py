@@ -25,16 +25,19 @@ class RoundProgress:
             transient=False,
         )
         self._tasks: dict[str, int] = {}
+        self._first_round: dict[str, int] = {}  # 0, or the round a resumed run's first record carries
         for protocol in spec.protocols:
             task = self._progress.add_task(protocol.label, total=spec.rounds, sim=0.0, rate=0.0, start=False)
             self._tasks[protocol.label] = int(task)
 
     def update(self, label: str, round_index: int, sim_time_s: float) -> None:
         task = self._tasks[label]
-        if round_index == 0:  # the protocol's structure is built: time its rounds from here
+        if not self._progress.tasks[task].started:  # structure built (or run resumed): time rounds from here
             self._progress.start_task(task)  # type: ignore[arg-type]
+            self._first_round[label] = round_index
         elapsed = self._progress.tasks[task].elapsed or 0.0
-        rate = self._devices * round_index / elapsed if elapsed > 0 else 0.0
+        rounds = round_index - self._first_round[label]
+        rate = self._devices * rounds / elapsed if elapsed > 0 else 0.0
         self._progress.update(task, completed=round_index, sim=sim_time_s, rate=rate)  # type: ignore[arg-type]
 
     def __enter__(self) -> RoundProgress:

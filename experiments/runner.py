@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import networkx as nx
@@ -25,6 +26,8 @@ from clients.models import build_model, init_params
 from clients.partition import partition_indices
 from clients.recommenders import build_recommender, init_recommender
 from clients.training import TrainConfig
+from etree.backends import Trainer, make_trainer
+from etree.checkpoint import RunSnapshot
 from etree.heterogeneity import apply_heterogeneity
 from etree.links import LinkLoad
 from etree.protocol import Record, Workload, run_protocol
@@ -42,6 +45,22 @@ def stream_seeds(seed: int) -> dict[str, int]:
     return {
         name: int(child.generate_state(1, dtype=np.uint32)[0]) for name, child in zip(STREAMS, children, strict=True)
     }
+
+
+@dataclass
+class RunCheckpoint:
+    """Where a multi-protocol run stands: protocols before ``protocol_index`` are finished (their
+    records, structures and link loads are here); ``snapshot`` is the state of protocol
+    ``protocol_index`` between two rounds (None: it has not started)."""
+
+    protocol_index: int
+    records: list[Record] = field(default_factory=list)
+    structures: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, LinkLoad] = field(default_factory=dict)
+    snapshot: RunSnapshot | None = None
+
+
+CheckpointCallback = Callable[[RunCheckpoint], None]
 
 
 @dataclass
@@ -94,8 +113,14 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[n
         num_classes=dataset.num_classes,
         rounds=spec.rounds,
         network=spec.network,
+        trainer=_trainer(spec),
     )
     return workload, dataset, parts
+
+
+def _trainer(spec: Spec) -> Trainer:
+    """The ``[backend]`` trainer; a Ray one starts Ray when it first trains, and ``run_spec`` closes it."""
+    return make_trainer(spec.backend.kind, workers=spec.backend.workers, address=spec.backend.address)
 
 
 RECOMMENDER_PARTITIONS = ("natural", "iid")
@@ -138,6 +163,7 @@ def _recommender_workload(spec: Spec, graph: nx.Graph, data: Interactions, seeds
         rounds=spec.rounds,
         network=spec.network,
         private=model.private,
+        trainer=_trainer(spec),
     )
 
 
@@ -168,22 +194,57 @@ def _partition_summary(dataset: Dataset | Interactions, parts: list[np.ndarray])
     }
 
 
-def run_spec(spec: Spec, on_round: RoundCallback | None = None) -> RunResult:
-    """Run every protocol of the spec in order and collect their records."""
+def run_spec(
+    spec: Spec,
+    on_round: RoundCallback | None = None,
+    *,
+    resume: RunCheckpoint | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: CheckpointCallback | None = None,
+) -> RunResult:
+    """Run every protocol of the spec in order and collect their records.
+
+    With ``on_checkpoint``, the run's state goes to it every ``checkpoint_every`` rounds and
+    whenever a protocol finishes; ``resume`` continues from such a state (same spec).
+    """
     workload, dataset, parts = build_workload(spec)
     protocols = [make_protocol(p.name, p.label, dict(p.options)) for p in spec.protocols]
     result = RunResult(spec, workload.graph)
     result.partition_summary = _partition_summary(dataset, parts)
+    start = resume or RunCheckpoint(protocol_index=0)
+    result.records = list(start.records)
+    result.structures = dict(start.structures)
+    result.links = dict(start.links)
     headline = "hr@10" if workload.recommender else "accuracy"
-    for protocol in protocols:
-        for record in run_protocol(protocol, workload, rounds=spec.rounds, eval_every=spec.eval_every):
-            result.records.append(record)
-            if on_round is not None and record.metric == headline:
-                on_round(protocol.label, record.round, record.sim_time_s)
-        structure = protocol.structure()
-        if structure is not None:
-            result.structures[protocol.label] = structure
-        loads = protocol.link_loads()
-        if loads is not None:
-            result.links[protocol.label] = loads
+
+    def checkpoint(index: int, snapshot: RunSnapshot | None) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(
+                RunCheckpoint(index, list(result.records), dict(result.structures), dict(result.links), snapshot)
+            )
+
+    try:
+        for index, protocol in enumerate(protocols[start.protocol_index :], start=start.protocol_index):
+            for record in run_protocol(
+                protocol,
+                workload,
+                rounds=spec.rounds,
+                eval_every=spec.eval_every,
+                resume=start.snapshot if index == start.protocol_index else None,
+                checkpoint_every=checkpoint_every,
+                on_checkpoint=partial(checkpoint, index),
+            ):
+                result.records.append(record)
+                if on_round is not None and record.metric == headline:
+                    on_round(protocol.label, record.round, record.sim_time_s)
+            structure = protocol.structure()
+            if structure is not None:
+                result.structures[protocol.label] = structure
+            loads = protocol.link_loads()
+            if loads is not None:
+                result.links[protocol.label] = loads
+            if index + 1 < len(protocols):
+                checkpoint(index + 1, None)
+    finally:
+        workload.trainer.close()  # the training backend's processes (Ray) end with the run, even a failed one
     return result

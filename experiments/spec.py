@@ -18,17 +18,37 @@ contention, compression, faults and heterogeneity, e.g.::
     compute_flops = {kind = "lognormal", median = 1e9, sigma = 0.5}
     bandwidth_bps = {kind = "uniform", low = 5e6, high = 2e7}
     crash = [{at_s = 30.0, node = "server"}, {at_s = 40.0, node = "root", protocol = "etree"}]
+
+``[backend]`` (optional) is where local training runs (``etree.backends``): ``local``
+(this process, the default) or ``ray`` (device shards on ``workers`` Ray actors; a
+private loopback Ray when ``address`` is empty, else ``ray.init(address=...)``)::
+
+    [backend]
+    kind = "ray"
+    workers = 2
+    address = ""                     # "auto": the cluster of `ray start --head` on this machine
+
+``[sweep]`` (optional) is the grid ``etree sweep`` runs (:class:`SweepPlan`), so one
+file describes a whole study; ``etree run`` validates it and runs the spec alone::
+
+    [sweep]
+    seeds = 3
+    [sweep.grid]
+    "topology.kind" = ["waxman", "grid_2d"]
+    "protocols.etree.groups" = [[4, 1], [8, 1]]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etree.backends import BACKENDS
 from etree.conditions import (
     CRASH_ROLES,
     DISTRIBUTIONS,
@@ -74,6 +94,13 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class BackendSpec:
+    kind: str = "local"  # etree.backends.BACKENDS
+    workers: int = 2  # Ray actors, one contiguous device shard each (kind = "ray")
+    address: str = ""  # "" = a private loopback Ray on this machine; else ray.init(address=...)
+
+
+@dataclass(frozen=True)
 class ProtocolSpec:
     name: str
     label: str
@@ -92,6 +119,7 @@ class Spec:
     train: TrainSpec = field(default_factory=TrainSpec)
     protocols: tuple[ProtocolSpec, ...] = ()
     network: NetworkConditions = field(default_factory=NetworkConditions)
+    backend: BackendSpec = field(default_factory=BackendSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as TOML-ready data (options folded back into their tables)."""
@@ -104,6 +132,7 @@ class Spec:
         for section in ("topology", "data", "model", "train"):
             out[section] = _table(getattr(self, section))
         out["network"] = _network_table(self.network)
+        out["backend"] = _table(self.backend)
         out["protocols"] = [_table(p) for p in self.protocols]
         return out
 
@@ -124,6 +153,19 @@ def _table(config: Any) -> dict[str, Any]:
     table = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "options"}
     table.update(getattr(config, "options", {}))
     return table
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A spec's ``[sweep]`` table: the settings grid and seed count of ``etree sweep``.
+
+    Not part of a run's resolved spec: a run is one point of the grid, and its
+    ``spec.toml`` holds that point's values. ``grid`` keeps each axis as its
+    dotted key and one ``--set`` override text per value, in file order.
+    """
+
+    grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    seeds: int | None = None
 
 
 # -- loading ------------------------------------------------------------------
@@ -282,6 +324,20 @@ def _network(table: Any) -> NetworkConditions:
     return network
 
 
+def _backend(table: Any) -> BackendSpec:
+    """The ``[backend]`` table, strictly: unknown keys and bad values name their field."""
+    backend = _build(BackendSpec, table, "backend", open_options=False)
+    if backend.kind not in BACKENDS:
+        raise SpecError(f"backend.kind: got {backend.kind!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend.workers < 1:
+        raise SpecError(f"backend.workers: got {backend.workers}; must be >= 1 (Ray actors, one device shard each)")
+    if backend.address and backend.kind != "ray":
+        raise SpecError(
+            f'backend.address: got {backend.address!r}; only kind = "ray" uses it (set it, or remove address)'
+        )
+    return backend
+
+
 def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") -> Spec:
     """Validate a parsed TOML document into a ``Spec``."""
     sections = {"topology": TopologySpec, "data": DataSpec, "model": ModelSpec, "train": TrainSpec}
@@ -298,12 +354,21 @@ def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") 
             values[key] = _protocols(value)
         elif key == "network":
             values[key] = _network(value)
+        elif key == "backend":
+            values[key] = _backend(value)
+        elif key == "sweep":
+            sweep_plan(value)  # checked here so a typo fails for `etree run` too; not part of the run
         else:
-            allowed = sorted([*scalars, *sections, "network", "protocols"])
+            allowed = sorted([*scalars, *sections, "backend", "network", "protocols", "sweep"])
             raise SpecError(f"{key}: unknown key; allowed top-level keys: {', '.join(allowed)}")
     if not values.get("protocols"):
         raise SpecError("protocols: at least one [[protocols]] table with a 'name' is required")
     labels = [p.label for p in values["protocols"]]
+    if values.get("backend", BackendSpec()).kind == "ray" and any(p.name == "flower" for p in values["protocols"]):
+        raise SpecError(
+            'backend.kind: "ray" cannot run the flower protocol (Flower starts and stops its own Ray); '
+            'run flower in a spec with backend.kind = "local"'
+        )
     for index, crash in enumerate(values["network"].crash if "network" in values else ()):
         if crash.protocol and crash.protocol not in labels:
             raise SpecError(
@@ -359,8 +424,71 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
-    """Read, override and validate a spec file."""
+def override_text(value: Any) -> str:
+    """The ``--set`` text that :func:`apply_overrides` parses back to ``value``.
+
+    A string stays bare when TOML would not parse it (``waxman``), as it would be typed
+    on the command line, so folder names built from overrides read the same; anything
+    else is written as a one-line TOML value (``[4,1]``, ``{"kind" = "fixed", "value" = 1.0}``).
+    """
+    if isinstance(value, str):
+        try:
+            tomllib.loads(f"v = {value}")
+        except tomllib.TOMLDecodeError:
+            return value
+    return _inline_toml(value)
+
+
+def _inline_toml(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's string escapes are valid in a TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_inline_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_inline_toml(v)}" for k, v in value.items()) + "}"
+    raise SpecError(f"sweep.grid: value {value!r} ({type(value).__name__}) cannot be a spec value")
+
+
+def sweep_plan(table: Any) -> SweepPlan:
+    """Validate a ``[sweep]`` table: ``seeds`` (>= 1) and ``grid`` (dotted key = array of values).
+
+    Grid keys may be quoted (``"topology.kind" = [...]``) or bare dotted keys, which TOML
+    nests (``topology.kind = [...]``); both name the same ``--set`` key.
+    """
+    if not isinstance(table, Mapping):
+        raise SpecError(f"sweep: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key not in ("grid", "seeds"):
+            raise SpecError(f"sweep.{key}: unknown key; allowed: grid, seeds")
+    seeds = None
+    if "seeds" in table:
+        seeds = _typed(table["seeds"], int, "sweep.seeds")
+        if seeds < 1:
+            raise SpecError(f"sweep.seeds: got {seeds}; must be >= 1")
+    grid = table.get("grid", {})
+    if not isinstance(grid, Mapping):
+        raise SpecError('sweep.grid: expected a table such as {"data.alpha" = [0.1, 1.0]}')
+    axes: list[tuple[str, tuple[str, ...]]] = []
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                walk(value, f"{dotted}.")
+            elif not isinstance(value, list) or not value:
+                raise SpecError(f"sweep.grid.{dotted}: got {value!r}; expected a non-empty array of values")
+            else:
+                axes.append((dotted, tuple(override_text(v) for v in value)))
+
+    walk(grid, "")
+    return SweepPlan(tuple(axes), seeds)
+
+
+def _read_raw(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec: file '{path}' not found; pass a TOML spec such as experiments/default.toml")
@@ -369,4 +497,14 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec: '{path}' is not valid TOML ({exc})") from exc
     raw.setdefault("name", path.stem)
-    return spec_from_dict(apply_overrides(raw, overrides), default_name=path.stem)
+    return raw
+
+
+def load_sweep_plan(path: str | Path, overrides: Sequence[str] = ()) -> SweepPlan:
+    """A spec file's ``[sweep]`` table (empty when it has none), after ``--set`` overrides."""
+    return sweep_plan(apply_overrides(_read_raw(path), overrides).get("sweep", {}))
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override and validate a spec file."""
+    return spec_from_dict(apply_overrides(_read_raw(path), overrides), default_name=Path(path).stem)

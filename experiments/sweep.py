@@ -3,16 +3,34 @@
 ``etree sweep SPEC --grid data.alpha=0.1,1.0 --grid topology.kind=waxman,grid_2d --seeds 3``
 runs every combination of grid values once per seed (seeds ``spec.seed + k``),
 each as an ordinary run folder under ``<out>/<setting>/seed<k>/``, in separate
-processes. ``sweep.json`` records the grid; ``summary.md`` gives, per setting
-and protocol, the final accuracy as mean ± 95% confidence half-width (Student t
-over seeds); ``sweep.png`` draws mean curves with 95% bands. ``etree plot`` on
-the sweep folder redraws both from the run folders alone.
+processes. The grid and seed count can also live in the spec's ``[sweep]``
+table (:class:`experiments.spec.SweepPlan`), so one file describes a study;
+``--grid`` replaces that table's axis of the same key or adds one, ``--seeds``
+replaces its count.
+
+A protocol whose inputs are the same in two settings (for FedAvg, a grid over
+``protocols.etree.*``) is run once, in the first setting, and reused by the
+others: the protocols of a run share nothing but their workload (common random
+numbers), so the rerun would repeat it exactly. ``sweep.json`` records the
+grid, the seeds and these reuses. Run folders keep their data (``spec.toml``,
+``metrics.csv``, ``links.csv``, ``tree.json``, ``summary.md``) but not what is
+redrawn from it or rebuilt from the spec: ``convergence.png`` (``etree plot``
+on the run folder), tree drawings (``etree tree``) and ``topology.graphml``.
+
+``summary.md`` gives, per setting and protocol, the final accuracy as mean ±
+95% confidence half-width (Student t over seeds); ``sweep.png`` draws mean
+curves with 95% bands; when the grid varies a tree protocol's ``groups``,
+``study.png`` and ``study.md`` (:mod:`experiments.study_plot`) set final accuracy
+and time to target against K. ``etree plot`` on the sweep folder redraws all
+of them from the run folders alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,12 +44,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from experiments.metrics_file import read_metrics
+from experiments.metrics_file import Series, read_metrics
 from experiments.plots import save_figure
 from experiments.results import atomic_write_text
-from experiments.spec import SpecError, load_spec
+from experiments.spec import Spec, SpecError, load_spec, load_sweep_plan
 
 SWEEP_FILE = "sweep.json"
+REDRAWABLE = ("convergence.png", "tree_*.png", "topology.graphml*")  # dropped from a sweep's run folders
+Axis = tuple[str, tuple[str, ...]]  # a dotted key and its values as --set texts
 
 
 @dataclass(frozen=True)
@@ -48,15 +68,33 @@ class Setting:
         return "".join(c if c.isalnum() or c in "-_.," else "_" for c in safe)
 
 
-def parse_grid(items: Sequence[str]) -> list[Setting]:
-    """``key=v1,v2`` items into the product of settings (values kept as text, parsed like ``--set``)."""
-    axes: list[list[str]] = []
+def parse_axes(items: Sequence[str]) -> list[Axis]:
+    """``key=v1,v2`` items into grid axes (values kept as text, parsed like ``--set``)."""
+    axes: list[Axis] = []
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise SpecError(f"--grid {item!r}: expected dotted.key=value1,value2")
-        axes.append([f"{key}={v}" for v in _split_values(values)])
-    return [Setting(tuple(combo)) for combo in itertools.product(*axes)]
+        axes.append((key, tuple(_split_values(values))))
+    return axes
+
+
+def merge_axes(base: Sequence[Axis], extra: Sequence[Axis]) -> list[Axis]:
+    """``base`` with each axis of ``extra`` replacing the one of the same key, or appended."""
+    merged = dict(base)
+    merged.update(extra)
+    return list(merged.items())
+
+
+def grid_settings(axes: Sequence[Axis]) -> list[Setting]:
+    """The product of the axes' values, first axis slowest."""
+    options = [[f"{key}={value}" for value in values] for key, values in axes]
+    return [Setting(tuple(combo)) for combo in itertools.product(*options)]
+
+
+def parse_grid(items: Sequence[str]) -> list[Setting]:
+    """``key=v1,v2`` items into the product of settings."""
+    return grid_settings(parse_axes(items))
 
 
 def _split_values(text: str) -> list[str]:
@@ -73,42 +111,74 @@ def _split_values(text: str) -> list[str]:
     return [*values, current]
 
 
-def _run_one(spec_path: str, overrides: tuple[str, ...], folder: str) -> str:
-    """Worker: one run, one folder (a top-level function so process pools can pickle it)."""
+def only(spec: Spec, labels: Sequence[str]) -> Spec:
+    """The spec with just the protocols labelled ``labels`` (and the crashes that concern them)."""
+    protocols = tuple(p for p in spec.protocols if p.label in labels)
+    crashes = tuple(c for c in spec.network.crash if c.protocol in ("", *labels))
+    return dataclasses.replace(spec, protocols=protocols, network=dataclasses.replace(spec.network, crash=crashes))
+
+
+def _run_one(spec_path: str, overrides: tuple[str, ...], folder: str, labels: tuple[str, ...]) -> str:
+    """Worker: one run of the protocols ``labels``, one folder (top level so process pools can pickle it)."""
     from experiments.results import write_run
     from experiments.runner import run_spec
 
-    return str(write_run(run_spec(load_spec(spec_path, list(overrides))), Path(folder)))
+    out = write_run(run_spec(only(load_spec(spec_path, list(overrides)), labels)), Path(folder))
+    for pattern in REDRAWABLE:
+        for path in sorted(out.glob(pattern)):
+            path.unlink()
+    return str(out)
 
 
 def run_sweep(
     spec_path: Path,
     out: Path,
     *,
-    grid: Sequence[str],
-    seeds: int,
-    jobs: int,
+    grid: Sequence[str] = (),
+    seeds: int | None = None,
+    jobs: int = 1,
     base_overrides: Sequence[str] = (),
     on_done: Callable[[str], None] | None = None,
 ) -> Path:
-    """Run every setting x seed (validating every spec first, so bad input fails before any run)."""
+    """Run every setting x seed (validating every spec first, so bad input fails before any run).
+
+    ``grid`` and ``seeds`` extend or replace the spec's ``[sweep]`` table (3 seeds if neither says).
+    """
+    plan = load_sweep_plan(spec_path, base_overrides)
+    seeds = seeds if seeds is not None else plan.seeds or 3
     if seeds < 1:
         raise SpecError(f"--seeds: got {seeds}; must be >= 1")
     if jobs < 1:
         raise SpecError(f"--jobs: got {jobs}; must be >= 1")
-    settings = parse_grid(grid)
+    settings = grid_settings(merge_axes(plan.grid, parse_axes(grid)))
     base_seed = load_spec(spec_path, list(base_overrides)).seed
+    seed_list = [base_seed + k for k in range(seeds)]
     tasks = []
+    first_run: dict[str, str] = {}  # a protocol's resolved inputs over all seeds -> the setting that runs it
+    reused: dict[str, dict[str, str]] = {}
     for setting in settings:
-        for k in range(seeds):
-            overrides = (*base_overrides, *setting.overrides, f"seed={base_seed + k}")
-            load_spec(spec_path, list(overrides))  # fail fast on a bad grid value
-            tasks.append((str(spec_path), overrides, str(out / setting.name / f"seed{base_seed + k}")))
+        specs = {
+            seed: load_spec(spec_path, [*base_overrides, *setting.overrides, f"seed={seed}"])  # fail fast
+            for seed in seed_list
+        }
+        labels = []
+        for protocol in specs[base_seed].protocols:
+            inputs = json.dumps([only(specs[seed], [protocol.label]).to_dict() for seed in seed_list], default=repr)
+            if inputs in first_run:
+                reused.setdefault(setting.name, {})[protocol.label] = first_run[inputs]
+            else:
+                first_run[inputs] = setting.name
+                labels.append(protocol.label)
+        if labels:
+            for seed in seed_list:
+                overrides = (*base_overrides, *setting.overrides, f"seed={seed}")
+                tasks.append((str(spec_path), overrides, str(out / setting.name / f"seed{seed}"), tuple(labels)))
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "spec": str(spec_path),
-        "seeds": [base_seed + k for k in range(seeds)],
+        "seeds": seed_list,
         "settings": {s.name: list(s.overrides) for s in settings},
+        "reused": reused,
     }
     atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
     if jobs == 1:
@@ -117,7 +187,7 @@ def run_sweep(
             if on_done:
                 on_done(done)
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_one_torch_thread) as pool:
             for done in pool.map(_run_one, *zip(*tasks, strict=True)):
                 if on_done:
                     on_done(done)
@@ -126,25 +196,47 @@ def run_sweep(
 
 
 def default_jobs() -> int:
-    """One process per core (each run also uses torch threads; 2 cores here)."""
+    """One process per core (each with one torch thread: see :func:`_one_torch_thread`)."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def _one_torch_thread() -> None:
+    """Pool worker start-up: one torch thread per process, so ``jobs`` processes share the cores
+    instead of oversubscribing them (on 2 shared, busy cores a 100-device run took 38 s with torch's
+    default 2 threads and 3.6 s with 1, with byte-identical metrics)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _curves(out: Path) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
     """``{setting label: {protocol: [(rounds, accuracy) per seed]}}`` read from the run folders."""
-    record = json.loads((out / SWEEP_FILE).read_text())
     curves: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
-    for name, overrides in record["settings"].items():
-        label = ", ".join(overrides) or "base"
-        for seed in record["seeds"]:
-            folder = out / name / f"seed{seed}"
-            if not (folder / "metrics.csv").is_file():
-                continue
-            for protocol, metrics in read_metrics(folder).items():
-                if "accuracy" in metrics:
-                    s = metrics["accuracy"]
-                    curves.setdefault(label, {}).setdefault(protocol, []).append((s.rounds, s.values))
+    for _, overrides, _, runs in sweep_runs(out):
+        label = "\n".join(overrides) or "base"
+        for protocol, metrics in runs.items():
+            if "accuracy" in metrics:
+                s = metrics["accuracy"]
+                curves.setdefault(label, {}).setdefault(protocol, []).append((s.rounds, s.values))
     return curves
+
+
+def sweep_runs(out: Path) -> list[tuple[str, list[str], int, dict[str, dict[str, Series]]]]:
+    """``(setting, overrides, seed, {protocol: {metric: Series}})`` for every finished run of a sweep,
+    reused protocols read from the setting that ran them."""
+    record = json.loads((out / SWEEP_FILE).read_text())
+    found = []
+    for name, overrides in record["settings"].items():
+        for seed in record["seeds"]:
+            runs = {}
+            if (out / name / f"seed{seed}" / "metrics.csv").is_file():
+                runs.update(read_metrics(out / name / f"seed{seed}"))
+            for protocol, source in record.get("reused", {}).get(name, {}).items():
+                if (out / source / f"seed{seed}" / "metrics.csv").is_file():
+                    runs[protocol] = read_metrics(out / source / f"seed{seed}")[protocol]
+            if runs:
+                found.append((name, overrides, seed, runs))
+    return found
 
 
 def confidence(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +249,9 @@ def confidence(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarra
     return mean, half
 
 
-def summarise_sweep(out: Path) -> None:
-    """Write ``summary.md`` (final accuracy, mean ± 95% CI) and ``sweep.png`` (mean curves, 95% bands)."""
+def summarise_sweep(out: Path) -> list[Path]:
+    """Write ``summary.md`` (final accuracy, mean ± 95% CI) and ``sweep.png`` (mean curves, 95% bands),
+    and the K study when the grid varies a protocol's ``groups``; return the files written."""
     curves = _curves(out)
     lines = [
         "# Sweep",
@@ -168,10 +261,15 @@ def summarise_sweep(out: Path) -> None:
         "| setting | protocol | seeds | final accuracy |",
         "|---|---|---|---|",
     ]
+    panels = max(1, len(curves))
+    columns = min(panels, 6)
+    rows = math.ceil(panels / columns)
     figure, axes = plt.subplots(
-        1, max(1, len(curves)), figsize=(5.2 * max(1, len(curves)), 4.2), squeeze=False, constrained_layout=True
+        rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False, constrained_layout=True
     )
-    for ax, (name, protocols) in zip(axes[0], curves.items(), strict=False):
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    for ax, (name, protocols) in zip(axes.flat, curves.items(), strict=False):
         for index, (protocol, runs) in enumerate(protocols.items()):
             length = min(len(r) for r, _ in runs)
             values = np.stack([v[:length] for _, v in runs])
@@ -180,14 +278,19 @@ def summarise_sweep(out: Path) -> None:
             ax.plot(rounds, mean, color=f"C{index % 10}", label=protocol)
             ax.fill_between(rounds, mean - half, mean + half, color=f"C{index % 10}", alpha=0.2)
             final_mean, final_half = confidence(values[:, -1])
-            lines.append(f"| {name} | {protocol} | {len(runs)} | {float(final_mean):.4f} ± {float(final_half):.4f} |")
-        ax.set_title(name, fontsize=8)
+            setting = name.replace("\n", ", ")
+            final = f"{float(final_mean):.4f} ± {float(final_half):.4f}"
+            lines.append(f"| {setting} | {protocol} | {len(runs)} | {final} |")
+        ax.set_title(name, fontsize=7)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     save_figure(figure, out / "sweep.png")
+    from experiments.study_plot import write_study  # it reads sweeps with this module's helpers
+
+    return [out / "summary.md", out / "sweep.png", *(write_study(out) or ())]
 
 
 def is_sweep(folder: Path) -> bool:

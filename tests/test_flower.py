@@ -2,7 +2,8 @@
 
 Each Flower run starts Ray (15-30 s on 2 CPUs), so the runs are few and shared:
 one weighted full-participation run, one unweighted run with half the devices
-sampled per round, and one traced subprocess run.
+sampled per round, one matrix-factorisation run (private user embeddings) with
+half the devices sampled, and one traced subprocess run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import ray_leftovers, recommender_workload
 from sklearn.datasets import load_digits
 
 import topologies
@@ -28,8 +30,9 @@ from clients.fleet import pack_fleet
 from clients.models import ParamStack, build_model, init_params
 from clients.training import TrainConfig
 from etree import ProtocolError, Record, Workload, make_protocol, run_protocol
-from etree.flower_fedavg import GUEST_ENVIRONMENT, FlowerFedAvg
+from etree.flower_fedavg import FlowerFedAvg
 from etree.hierarchical import participants
+from etree.ray_guest import GUEST_ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "benchmarks" / "check_no_outbound.py"
@@ -116,38 +119,52 @@ def test_flower_matches_in_engine_fedavg(weighted, participation):
         assert len(protocol.run.trained[0]) == round(participation * DEVICES)
 
 
-def _ray_leftovers(session_dir: str) -> list[str]:
-    """Live processes of that Ray session: carrying its folder in their command line, or Ray
-    workers (``ray::...``) and daemons descending from this process. Zombies are dead, not counted."""
-    session = os.path.basename(session_dir)
-    ray_names = ("ray::", "gcs_server", "raylet", "dashboard.py", "log_monitor.py", "monitor.py")
-    parents: dict[int, int] = {}
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # exited while we looked
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if state == "Z":
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(ppid)
-        if session in cmdline or any(name in cmdline for name in ray_names):
-            found[pid] = cmdline
-    me = os.getpid()
+def _drive_recommender(name: str, options: dict[str, Any], workload: Workload):
+    """Like ``_drive``, keeping every device's private rows after every round too."""
+    protocol = make_protocol(name, name, options)
+    records: list[Record] = []
+    shared: dict[int, ParamStack] = {}
+    private: dict[int, ParamStack] = {}
+    for record in run_protocol(protocol, workload, rounds=ROUNDS, eval_every=1):
+        if record.round not in shared:
+            models = protocol.device_models()
+            shared[record.round] = {k: v.clone() for k, v in models.shared.items()}
+            private[record.round] = {k: v.clone() for k, v in models.private.items()}
+        records.append(record)
+    return protocol, records, shared, private
 
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            pid = parents.get(pid, 0)
-            if pid == me:
-                return True
-        return False
 
-    return [f"{pid}: {cmd[:120]}" for pid, cmd in sorted(found.items()) if session in cmd or descends(pid)]
+def test_flower_trains_a_recommender_as_in_engine_fedavg_without_sending_user_rows():
+    """BPR-MF, half the devices per round: Flower's nodes keep their user rows in ``context.state`` and
+    reply with item parameters only; global models, every device's rows and HR@10/NDCG@10 agree with
+    in-engine FedAvg after every round."""
+    workload = recommender_workload("mf", devices=DEVICES, users_per_device=2, rounds=ROUNDS)
+    options: dict[str, Any] = {"weighted": True, "participation": 0.5}
+    protocol, flower_records, flower_shared, flower_private = _drive_recommender("flower", options, workload)
+    _, engine_records, engine_shared, engine_private = _drive_recommender("fedavg", options, workload)
+    assert isinstance(protocol, FlowerFedAvg)
+    shared_names = set(workload.shared(workload.initial))
+    assert protocol.run.sent == shared_names and not shared_names & workload.private  # no user row ever sent
+    worst = 0.0
+    for round_index in range(ROUNDS + 1):
+        for flower, engine in ((flower_shared, engine_shared), (flower_private, engine_private)):
+            a, b = flower[round_index], engine[round_index]
+            assert a.keys() == b.keys()
+            diff = max((a[k] - b[k]).abs().max().item() for k in a)
+            assert diff < 1e-4, f"round {round_index}: Flower and in-engine models differ by {diff}"
+            worst = max(worst, diff)
+    moved = (flower_private[ROUNDS]["user"] - flower_private[0]["user"]).abs().max().item()
+    assert moved > 1e-3  # the nodes really trained their rows, so agreement is not trivial
+    print(f"\nrecommender: max |param diff| over rounds (shared and private) = {worst:.2e}")
+
+    assert len(flower_records) == len(engine_records)
+    one_case = 1.0 / int(workload.data.user_valid.sum())  # a flipped rank moves a mean by at most one case
+    values = [abs(f.value - e.value) for f, e in zip(flower_records, engine_records, strict=True)]
+    for f, e in zip(flower_records, engine_records, strict=True):
+        assert (f.round, f.metric, f.sim_time_s, f.bytes_sent) == (e.round, e.metric, e.sim_time_s, e.bytes_sent)
+        assert abs(f.value - e.value) <= one_case, (f, e)
+    assert {"hr@10", "ndcg@10"} <= {r.metric for r in flower_records}
+    print(f"recommender: max |metric diff| = {max(values):.2e}")
 
 
 def test_flower_run_leaves_no_ray_process_and_restores_environment():
@@ -158,7 +175,7 @@ def test_flower_run_leaves_no_ray_process_and_restores_environment():
     assert not ray.is_initialized()
     assert {name: os.environ.get(name) for name in GUEST_ENVIRONMENT} == before
     deadline = time.monotonic() + 15
-    while (left := _ray_leftovers(protocol.run.ray_session_dir)) and time.monotonic() < deadline:
+    while (left := ray_leftovers(protocol.run.ray_session_dir)) and time.monotonic() < deadline:
         time.sleep(0.5)  # processes told to stop may take a moment to exit
     assert not left, "Ray processes left behind:\n" + "\n".join(left)
     print(

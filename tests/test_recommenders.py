@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import recommender_workload, synthetic_interactions
 
 import etree  # noqa: F401  (registers protocols)
 from clients.errors import ClientsError
@@ -23,6 +25,7 @@ from clients.recommenders import (
     DeviceModels,
     build_recommender,
     evaluate_devices,
+    full_ranks,
     hit_and_ndcg,
     init_recommender,
     popularity_metrics,
@@ -32,12 +35,10 @@ from clients.recommenders import (
     split_private,
     train_recommender,
 )
-from clients.training import TrainConfig
 from etree import gossip as gossip_module
 from etree import hierarchical
-from etree.protocol import Workload, run_protocol
+from etree.protocol import run_protocol
 from etree.registry import make_protocol
-from topologies import build_topology
 
 needs_ml100k = pytest.mark.skipif(
     recbole_ml100k_path() is None, reason="ml-100k comes from recbole: pip install --no-deps recbole==1.2.1"
@@ -65,6 +66,64 @@ def test_hit_rate_and_ndcg_match_hand_computed_values() -> None:
     metrics = ranking_metrics(scores, valid, k=3)
     assert metrics["hr@3"] == pytest.approx(2 / 3)
     assert metrics["ndcg@3"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+
+
+def test_full_ranking_leaves_out_training_items_and_counts_ties_against_the_positive() -> None:
+    # four items; the held-out item is 0 (score 2); item 1 (score 5) was trained on, so it does not count;
+    # item 2 ties (counts against), item 3 scores lower: rank 1
+    scores = torch.tensor([[2.0, 5.0, 2.0, 1.0], [0.0, 1.0, 2.0, 3.0]])
+    seen = torch.tensor([[False, True, False, False], [False, False, False, False]])
+    test = torch.tensor([0, 3])
+    assert full_ranks(scores, test, seen).tolist() == [1, 0]
+    assert not seen[0, 0]  # the input mask is not modified
+
+
+def test_a_diverged_model_scores_no_hit() -> None:
+    # NaN >= x is False: without care a NaN positive would outrank everything (HR@10 = NDCG@10 = 1)
+    nan = math.nan
+    scores = torch.tensor([[nan, 1.0, 2.0], [1.0, nan, 0.0], [nan, nan, nan]])
+    assert rank_of_positive(scores).tolist() == [2, 1, 2]
+    assert full_ranks(scores, torch.tensor([0, 0, 1]), torch.zeros(3, 3, dtype=torch.bool)).tolist() == [2, 1, 2]
+    assert ranking_metrics(torch.full((4, 100), nan), torch.ones(4, dtype=torch.bool))["hr@10"] == 0.0
+
+
+def full_ranking_fleet(full_ranking: bool = True):
+    # user A trains items 1, 2 then holds out 0; user B trains 3, 5, 1 then holds out 4 (ids already dense)
+    users = np.array([0, 0, 0, 1, 1, 1, 1])
+    items = np.array([1, 2, 0, 3, 5, 1, 4])
+    data = interactions_from_table("hand", users, items, np.arange(7.0), seed=0, test_negatives=1)
+    data = dataclasses.replace(data, full_ranking=full_ranking)
+    return pack_interactions(data, [np.array([0]), np.array([1])])
+
+
+def test_full_ranking_metrics_by_hand() -> None:
+    fleet = full_ranking_fleet()
+    assert fleet.test_items[:, 0, 0].tolist() == [0, 4]
+    model = build_recommender("mf", 1, 6, dim=1)
+    shared = {"item": torch.tensor([0.5, 3.0, 2.0, 1.0, 0.2, 0.8]).view(1, 6, 1), "item_bias": torch.zeros(1, 6)}
+    private = {"user": torch.tensor([1.0, -1.0]).view(2, 1, 1)}  # user B's scores are the items' negated
+    models = DeviceModels(shared, torch.zeros(2, dtype=torch.int64), private, torch.arange(2))
+    metrics = evaluate_devices(model, models, fleet)
+    # A: held-out 0 scores 0.5; untrained items 3, 4, 5 score 1.0, 0.2, 0.8: rank 2
+    # B: held-out 4 scores -0.2; untrained items 0, 2 score -0.5, -2.0: rank 0
+    assert metrics["hr@10_full"] == 1.0
+    assert metrics["ndcg@10_full"] == pytest.approx((1 / math.log2(4) + 1.0) / 2)
+    assert {"hr@10", "ndcg@10"} <= set(metrics)  # the sampled numbers are still there, under their own names
+    # popularity (training counts: item 1 twice, 2, 3, 5 once, 0 and 4 never): A's 0 ties 4 and trails 3, 5
+    # (rank 3), B's 4 ties 0 and trails 2 (rank 2)
+    popular = popularity_metrics(fleet)
+    assert popular["ndcg@10_full"] == pytest.approx((1 / math.log2(5) + 1 / math.log2(4)) / 2)
+    # pooled data (the centralised baseline) keeps the option; without it no full-ranking metric appears
+    assert pool_fleet(fleet).full_ranking
+    assert "hr@10_full" not in evaluate_devices(model, models, full_ranking_fleet(False))
+
+
+def test_full_ranking_is_a_checked_data_option(tmp_path) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("user,item\na,x\na,y\nb,y\nb,z\nb,w\n")
+    assert load_movielens(seed=0, source="csv", path=str(path), test_negatives=1, full_ranking=True).full_ranking
+    with pytest.raises(ClientsError, match=r"data\.full_ranking"):
+        load_movielens(seed=0, source="csv", path=str(path), test_negatives=1, full_ranking="yes")
 
 
 # -- data ------------------------------------------------------------------------
@@ -104,13 +163,6 @@ def test_csv_source_reads_named_columns(tmp_path) -> None:
         load_movielens(seed=0, source="ml-10m")
 
 
-def synthetic_interactions(users: int = 24, items: int = 40, per_user: int = 8, seed: int = 0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    u = np.repeat(np.arange(users), per_user)
-    i = np.concatenate([rng.choice(items, per_user, replace=False) for _ in range(users)])
-    return interactions_from_table("synthetic", u, i, rng.random(len(u)), seed=seed, test_negatives=5)
-
-
 def test_pack_and_pool_keep_every_user_and_interaction() -> None:
     data = synthetic_interactions()
     parts = [np.array([0, 5, 9]), np.array([1]), np.array([2, 3])]
@@ -138,27 +190,6 @@ def test_negatives_avoid_training_items_and_follow_their_stream() -> None:
 
 
 # -- privacy -----------------------------------------------------------------------
-def small_workload(kind: str, devices: int = 12, users_per_device: int = 2) -> Workload:
-    data = synthetic_interactions(users=devices * users_per_device)
-    parts = [np.arange(d * users_per_device, (d + 1) * users_per_device) for d in range(devices)]
-    fleet = pack_interactions(data, parts)
-    model = build_recommender(kind, fleet.slots, data.num_items)
-    return Workload(
-        model=model,
-        initial=init_recommender(model, 1),
-        data=fleet,
-        x_test=torch.zeros(0, 2),
-        y_test=torch.zeros(0, dtype=torch.int64),
-        graph=build_topology("random_geometric", devices, seed=3),
-        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4),
-        seed=11,
-        input_shape=(2,),
-        num_classes=data.num_items,
-        rounds=3,
-        private=model.private,
-    )
-
-
 PROTOCOLS = [
     ("fedavg", {}),
     ("etree", {"groups": [3, 1], "ratios": [1, 2], "pretrain_epochs": 1}),
@@ -172,7 +203,7 @@ PROTOCOLS = [
 @pytest.mark.parametrize("kind", ["mf", "ncf"])
 @pytest.mark.parametrize(("name", "options"), PROTOCOLS)
 def test_user_embeddings_are_never_sent_nor_averaged(monkeypatch, kind, name, options) -> None:
-    workload = small_workload(kind)
+    workload = recommender_workload(kind)
     assert workload.private == build_recommender(kind, 2, 4).private and workload.private
     shared_bytes = sum(t.numel() * 4 for n, t in workload.initial.items() if n not in workload.private)
     assert workload.message_bytes == shared_bytes  # bytes count only what travels
@@ -207,13 +238,6 @@ def test_user_embeddings_are_never_sent_nor_averaged(monkeypatch, kind, name, op
         )
         for private in workload.private:
             assert torch.equal(protocol.params[private], alone[private])  # type: ignore[attr-defined]
-
-
-def test_flower_refuses_private_parameters() -> None:
-    from etree.errors import ProtocolError
-
-    with pytest.raises(ProtocolError, match="private parameters"):
-        make_protocol("flower", "flower", {}).setup(small_workload("mf"))
 
 
 # -- baselines on ml-100k ---------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """Sweeps: grid parsing, confidence intervals, and a tiny end-to-end sweep."""
 
 import json
+import tomllib
 
 import numpy as np
 import pytest
+from conftest import TINY_SPEC
 from scipy import stats
 
 from experiments.cli import main
-from experiments.spec import SpecError
-from experiments.sweep import confidence, parse_grid
+from experiments.metrics_file import read_metrics
+from experiments.runner import run_spec
+from experiments.spec import SpecError, apply_overrides, load_spec, override_text, spec_from_dict, sweep_plan
+from experiments.sweep import confidence, merge_axes, only, parse_axes, parse_grid
 
 
 def test_grid_is_the_product_and_keeps_bracketed_values_whole():
@@ -70,3 +74,112 @@ def test_bad_grid_value_fails_before_any_run(tiny_spec, tmp_path, capsys):
     assert main(["sweep", str(tiny_spec), "--grid", "topology.devices=10,-1", "--seeds", "1", "--out", str(out)]) == 2
     assert "topology.devices" in capsys.readouterr().err
     assert not out.exists()
+
+
+# -- the [sweep] table, reused protocols, lean run folders ---------------------------------
+STUDY_SPEC = (
+    TINY_SPEC.replace("rounds = 4", "rounds = 2").replace("eval_every = 2", "eval_every = 1")
+    + """
+[[protocols]]
+name = "etree"
+groups = [2, 1]
+ratios = [1, 2]
+pretrain_epochs = 1
+
+[sweep]
+seeds = 2
+
+[sweep.grid]
+"protocols.etree.groups" = [[2, 1], [3, 1]]
+topology.kind = ["random_geometric", "grid_2d"]   # a bare dotted key: TOML nests it
+"""
+)
+
+
+def test_sweep_table_gives_axes_in_file_order_as_set_texts():
+    plan = sweep_plan(tomllib.loads(STUDY_SPEC)["sweep"])
+    assert plan.seeds == 2
+    assert plan.grid == (
+        ("protocols.etree.groups", ("[2,1]", "[3,1]")),
+        ("topology.kind", ("random_geometric", "grid_2d")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ({"seeds": 0}, "sweep.seeds"),
+        ({"jobs": 2}, "sweep.jobs"),
+        ({"grid": {"data.alpha": 0.5}}, "sweep.grid.data.alpha"),
+        ({"grid": {"data": {"alpha": []}}}, "sweep.grid.data.alpha"),
+        ({"grid": [1, 2]}, "sweep.grid"),
+    ],
+)
+def test_bad_sweep_table_names_the_field_even_for_a_single_run(tiny_spec, table, field):
+    with pytest.raises(SpecError, match=f"^{field}"):
+        sweep_plan(table)
+    raw = tomllib.loads(tiny_spec.read_text())
+    with pytest.raises(SpecError, match=f"^{field}"):
+        spec_from_dict({**raw, "sweep": table})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "waxman",
+        "true",
+        "12",
+        "a b",
+        "[x",
+        'say "hi"',
+        0.5,
+        3,
+        False,
+        [4, 1],
+        ["x", "y"],
+        {"kind": "fixed", "value": 1e9},
+    ],
+)
+def test_override_text_parses_back_to_the_value(value):
+    assert apply_overrides({}, [f"key={override_text(value)}"])["key"] == value
+
+
+def test_command_line_axes_replace_or_extend_the_spec_grid():
+    spec_grid = [("data.alpha", ("0.1", "1.0")), ("topology.kind", ("waxman",))]
+    merged = merge_axes(spec_grid, parse_axes(["topology.kind=grid_2d,waxman", "rounds=2"]))
+    assert merged == [("data.alpha", ("0.1", "1.0")), ("topology.kind", ("grid_2d", "waxman")), ("rounds", ("2",))]
+
+
+def test_a_protocol_runs_the_same_alone_as_beside_others(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY_SPEC)
+    spec = load_spec(path)
+    alone = run_spec(only(spec, ["fedavg"])).records
+    beside = [r for r in run_spec(spec).records if r.protocol == "fedavg"]
+    assert alone == beside and len(alone) > 0
+
+
+def test_spec_sweep_table_runs_reuses_fedavg_and_keeps_run_folders_lean(tmp_path, capsys):
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY_SPEC)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(path), "--jobs", "1", "--out", str(out), "--grid", "topology.kind=grid_2d"]) == 0
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["seeds"] == [3, 4]  # seeds = 2 from the table
+    k2, k3 = record["settings"]  # --grid replaced the topology axis: two settings, not four
+    assert record["settings"][k3] == ["protocols.etree.groups=[3,1]", "topology.kind=grid_2d"]
+    assert record["reused"] == {k3: {"fedavg": k2}}
+    for seed in (3, 4):
+        assert {"etree", "fedavg"} == set(read_metrics(out / k2 / f"seed{seed}"))
+        assert {"etree"} == set(read_metrics(out / k3 / f"seed{seed}"))  # FedAvg ran once per seed
+        assert sorted(p.name for p in (out / k3 / f"seed{seed}").iterdir()) == [
+            "links.csv",
+            "metrics.csv",
+            "spec.toml",
+            "summary.md",
+            "tree.json",
+        ]
+        assert load_spec(out / k3 / f"seed{seed}" / "spec.toml").seed == seed  # reruns as saved
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| fedavg | 2 |") == 2  # the reused runs still summarise every setting
+    assert "| grid_2d | etree | 3 | 2 |" in (out / "study.md").read_text()
