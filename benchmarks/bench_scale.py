@@ -3,10 +3,11 @@
 Each fleet size runs in a fresh process (peak RSS is per process), through the
 product's own path: ``build_workload`` (topology, data, partition) then
 ``run_protocol`` for E-Tree and FedAvg, evaluating every round. Workload:
-``random_geometric`` devices, LEAF ``synthetic`` data (60 features, 10
-classes, ``--samples`` per device, natural partition: each device its own
-distribution), softmax regression, per-sample SGD, E-Tree with KMA over K =
-``--clusters`` and the root aggregating every round. Times: the workload
+``random_geometric`` devices, LEAF ``synthetic`` data with one shared labelling
+(``shared_model``: 60 features, 10 classes, ``--samples`` per device, each
+device's inputs shifted by its own mean, natural partition), softmax
+regression, per-sample SGD, E-Tree with KMA over K = ``--clusters`` and the
+root aggregating every round. Times: the workload
 build, each protocol's set-up (E-Tree: public-set pre-training + KMA + tree;
 FedAvg: choosing the server) and its mean round (one local epoch of every
 device, aggregation, simulated timing, one evaluation), and one E-Tree
@@ -49,7 +50,7 @@ def spec_for(devices: int, rounds: int, samples: int, clusters: int) -> dict[str
         "rounds": rounds,
         "eval_every": 1,
         "topology": {"kind": "random_geometric", "devices": devices},
-        "data": {"dataset": "synthetic", "partition": "natural", "samples_per_device": samples},
+        "data": {"dataset": "synthetic", "partition": "natural", "samples_per_device": samples, "shared_model": True},
         "model": {"kind": "softmax"},
         "train": {"lr": 0.02, "local_epochs": 1, "batch_size": 1},
         "protocols": [{"name": "etree", "groups": [clusters, 1], "ratios": [1, 1]}, {"name": "fedavg"}],

@@ -273,6 +273,7 @@ def load_synthetic(
     samples_per_device: int = 50,
     samples_sigma: float = 0.0,
     test_fraction: float = 0.2,
+    shared_model: bool = False,
 ) -> Dataset:
     """LEAF's synthetic(alpha, beta) (Li et al., "Federated Optimization in Heterogeneous Networks", 2020).
 
@@ -282,6 +283,12 @@ def load_synthetic(
     (the paper's argmax of the softmax). alpha sets how much the devices' models
     differ, beta how much their inputs differ. As in LEAF's code, alpha and beta
     are standard deviations (the paper's N(0, alpha) leaves that open).
+
+    Every device labelling with its own W_k means no single model fits a large
+    fleet: with thousands of devices a global model stays near chance.
+    ``shared_model = true`` is LEAF's synthetic_iid labelling instead: one W, b ~
+    N(0, 1) for every device (``alpha`` unused), while ``beta`` still shifts each
+    device's inputs, so devices differ in their features and label mix only.
 
     Device sizes: ``samples_per_device`` each when ``samples_sigma`` is 0, else
     lognormal with that median (LEAF draws lognormal(4, 2) + 50, far too many
@@ -336,6 +343,9 @@ def load_synthetic(
             at_train += len(ids) * int(n_train[ids[0]])
             at_test += len(ids) * int(n_test[ids[0]])
     block_seeds = root.spawn(len(blocks))  # continues after the device-level child
+    shared_rng = np.random.default_rng(root.spawn(1)[0])  # after the blocks: their streams stay put
+    shared_w = shared_rng.standard_normal((1, n_features, n_classes), dtype=np.float32)
+    shared_b = shared_rng.standard_normal((1, 1, n_classes), dtype=np.float32)
 
     def fill(block: int) -> None:
         ids, first_train, first_test = blocks[block]
@@ -344,6 +354,8 @@ def load_synthetic(
         w += u[ids, None, None]
         b = block_rng.standard_normal((len(ids), 1, n_classes), dtype=np.float32)
         b += u[ids, None, None]
+        if shared_model:  # drawn above all the same, so the inputs match the per-device variant's
+            w, b = shared_w, shared_b
         for x_all, y_all, first, k in (
             (x_train, y_train, first_train, int(n_train[ids[0]])),
             (x_test, y_test, first_test, int(n_test[ids[0]])),

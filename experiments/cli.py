@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     table3.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
     table3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     table3.add_argument("--out", type=Path, default=Path("results") / "paper_table3")
+    table3.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep = commands.add_parser("sweep", help="run the product of grid settings x seeds; mean curves with 95% CIs")
     sweep.add_argument("spec")
     sweep.add_argument(
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: results/<spec name>_sweep)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     return parser
@@ -165,36 +167,34 @@ def _tree(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from experiments.progress import BatchProgress
     from experiments.spec import load_spec
     from experiments.sweep import default_jobs, run_sweep
 
     spec = load_spec(args.spec, args.overrides)
     out = args.out or Path("results") / f"{spec.name}_sweep"
-    run_sweep(
-        Path(args.spec),
-        out,
-        grid=args.grid,
-        seeds=args.seeds,
-        jobs=args.jobs or default_jobs(),
-        base_overrides=args.overrides,
-        on_done=lambda folder: print(f"done {folder}", file=sys.stderr),
-    )
+    with BatchProgress("sweep", enabled=not args.quiet) as progress:
+        run_sweep(
+            Path(args.spec),
+            out,
+            grid=args.grid,
+            seeds=args.seeds,
+            jobs=args.jobs or default_jobs(),
+            base_overrides=args.overrides,
+            on_done=lambda folder, done, total: progress.update(str(Path(folder).relative_to(out)), done, total),
+        )
     print((out / "summary.md").read_text())
     return 0
 
 
 def _table3(args: argparse.Namespace) -> int:
     from experiments.paper_table3 import run_table3
+    from experiments.progress import BatchProgress
 
     if args.seeds < 1:
         raise SpecError(f"--seeds: got {args.seeds}; must be >= 1")
-    run_table3(
-        Path(args.spec),
-        args.out,
-        seeds=args.seeds,
-        overrides=args.overrides,
-        on_run=lambda setting, seed: print(f"running {setting}, seed {seed}", file=sys.stderr),
-    )
+    with BatchProgress("table3", enabled=not args.quiet) as progress:
+        run_table3(Path(args.spec), args.out, seeds=args.seeds, overrides=args.overrides, on_done=progress.update)
     print((args.out / "summary.md").read_text())
     return 0
 

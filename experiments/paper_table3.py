@@ -43,19 +43,21 @@ def run_table3(
     *,
     seeds: int,
     overrides: Sequence[str] = (),
-    on_run: Callable[[str, int], None] | None = None,
+    on_done: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Run every setting and seed, write the run folders and the Table 3 summary."""
     finals: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, list[dict[str, np.ndarray]]] = {setting: [] for setting, _ in SETTINGS}
     spec: Spec | None = None
+    done, total = 0, len(SETTINGS) * seeds
     for setting, extra in SETTINGS:
         for k in range(seeds):
             spec = load_spec(spec_path, [*overrides, *extra])
             spec = load_spec(spec_path, [*overrides, *extra, f"seed={spec.seed + k}"])
-            if on_run is not None:
-                on_run(setting, spec.seed)
             folder = write_run(run_spec(spec), out / setting / f"seed{spec.seed}")
+            done += 1
+            if on_done is not None:
+                on_done(f"{setting} seed {spec.seed}", done, total)
             series = read_metrics(folder)
             curves[setting].append({protocol: metrics["accuracy"].values for protocol, metrics in series.items()})
             for protocol, metrics in series.items():

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from experiments.spec import Spec
 
@@ -41,6 +48,34 @@ class RoundProgress:
         self._progress.update(task, completed=round_index, sim=sim_time_s, rate=rate)  # type: ignore[arg-type]
 
     def __enter__(self) -> RoundProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._progress.stop()
+
+
+class BatchProgress:
+    """One bar over a batch of runs (a sweep, Table 3): runs done of all, the latest finished, elapsed
+    time and time left. Rounds inside a run are not shown: a sweep's runs live in other processes."""
+
+    def __init__(self, label: str, *, enabled: bool = True) -> None:
+        self._progress = Progress(
+            TextColumn(f"{label:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("runs, last: {task.fields[latest]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(label, total=None, latest="-")
+
+    def update(self, latest: str, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total, latest=latest)
+
+    def __enter__(self) -> BatchProgress:
         self._progress.start()
         return self
 

@@ -32,7 +32,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +138,7 @@ def run_sweep(
     seeds: int | None = None,
     jobs: int = 1,
     base_overrides: Sequence[str] = (),
-    on_done: Callable[[str], None] | None = None,
+    on_done: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Run every setting x seed (validating every spec first, so bad input fails before any run).
 
@@ -182,17 +182,20 @@ def run_sweep(
     }
     atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
     if jobs == 1:
-        for task in tasks:
-            done = _run_one(*task)
-            if on_done:
-                on_done(done)
+        finished: Iterable[str] = (_run_one(*task) for task in tasks)
+        _report(finished, len(tasks), on_done)
     else:
         with ProcessPoolExecutor(max_workers=jobs, initializer=_one_torch_thread) as pool:
-            for done in pool.map(_run_one, *zip(*tasks, strict=True)):
-                if on_done:
-                    on_done(done)
+            _report(pool.map(_run_one, *zip(*tasks, strict=True)), len(tasks), on_done)
     summarise_sweep(out)
     return out
+
+
+def _report(finished: Iterable[str], total: int, on_done: Callable[[str, int, int], None] | None) -> None:
+    """Consume the runs as they finish, telling ``on_done(folder, runs done, runs in all)``."""
+    for count, folder in enumerate(finished, start=1):
+        if on_done:
+            on_done(folder, count, total)
 
 
 def default_jobs() -> int:

@@ -183,3 +183,13 @@ def test_spec_sweep_table_runs_reuses_fedavg_and_keeps_run_folders_lean(tmp_path
     summary = (out / "summary.md").read_text()
     assert summary.count("| fedavg | 2 |") == 2  # the reused runs still summarise every setting
     assert "| grid_2d | etree | 3 | 2 |" in (out / "study.md").read_text()
+
+
+def test_sweep_reports_each_finished_run_with_the_count(tiny_spec, tmp_path):
+    from experiments.sweep import run_sweep
+
+    seen = []
+    out = tmp_path / "counted"
+    run_sweep(tiny_spec, out, seeds=2, base_overrides=["rounds=1"], on_done=lambda f, d, t: seen.append((f, d, t)))
+    assert [(done, total) for _, done, total in seen] == [(1, 2), (2, 2)]
+    assert sorted(folder for folder, _, _ in seen) == sorted(str(p) for p in out.glob("*/seed*"))
