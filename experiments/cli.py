@@ -11,10 +11,15 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clients.errors import ClientsError
 from etree.errors import ProtocolError
 from experiments.spec import SpecError
+
+if TYPE_CHECKING:  # the commands import their modules lazily, so `etree --help` stays fast
+    from etree.protocol import Workload
+    from experiments.spec import Spec
 from topologies.errors import TopologyError
 
 USER_ERRORS = (SpecError, TopologyError, ClientsError, ProtocolError, FileNotFoundError)
@@ -129,15 +134,24 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _tree(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from etree.registry import make_protocol
     from experiments.runner import build_workload
     from experiments.spec import load_spec
-    from experiments.tree_view import draw_tree, outline
 
     spec = load_spec(args.spec, args.overrides)
     workload, _, _ = build_workload(spec)
+    try:
+        return _show_tree(args, spec, workload)
+    finally:
+        workload.trainer.close()  # KMA pre-training may have started a Ray backend
+
+
+def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
+    """Print and draw the first tree of the spec's protocols (or ``--protocol``'s)."""
+    from rich.console import Console
+
+    from etree.registry import make_protocol
+    from experiments.tree_view import draw_tree, outline
+
     chosen = [p for p in spec.protocols if args.protocol in (None, p.label)]
     if not chosen:
         labels = ", ".join(p.label for p in spec.protocols)
