@@ -138,6 +138,13 @@ def check_int(field: str, value: Any, low: int) -> int:
     return int(value)
 
 
+def check_bool(field: str, value: Any) -> bool:
+    """A switch: TOML true or false, never a number or a string that merely looks truthy."""
+    if not isinstance(value, bool):
+        raise ClientsError(f"{field}: {value!r} must be true or false")
+    return value
+
+
 def check_float(
     field: str, value: Any, low: float, high: float, *, open_low: bool = False, open_high: bool = False
 ) -> float:
@@ -307,6 +314,7 @@ def load_synthetic(
     median = check_int("data.samples_per_device", samples_per_device, 1)
     sigma = check_float("data.samples_sigma", samples_sigma, 0.0, 10.0)
     fraction = check_float("data.test_fraction", test_fraction, 0.0, 1.0, open_high=True)
+    shared_model = check_bool("data.shared_model", shared_model)
 
     root = np.random.SeedSequence(seed)
     rng = np.random.default_rng(root.spawn(1)[0])  # device-level draws

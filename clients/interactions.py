@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clients.datasets import cache_dir, check_float, check_int
+from clients.datasets import cache_dir, check_bool, check_float, check_int
 from clients.errors import ClientsError
 
 SOURCES = ("ml-100k", "ml-1m", "csv")
@@ -248,8 +248,7 @@ def load_movielens(
     next to the sampled ones.
     """
     threshold = check_float("data.min_rating", min_rating, 0.0, np.inf)
-    if not isinstance(full_ranking, bool):
-        raise ClientsError(f"data.full_ranking: {full_ranking!r} must be true or false")
+    full_ranking = check_bool("data.full_ranking", full_ranking)
     if source not in SOURCES:
         raise ClientsError(f"data.source: unknown {source!r}; choose one of: {', '.join(SOURCES)}")
     if source == "csv":

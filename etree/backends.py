@@ -56,18 +56,7 @@ class Trainer(Protocol):
 class LocalTrainer:
     """Every device in this process: ``clients.training.local_train`` itself."""
 
-    def train(
-        self,
-        model: nn.Module,
-        params: ParamStack,
-        data: FleetData | InteractionFleet,
-        device_ids: torch.Tensor,
-        config: TrainConfig,
-        *,
-        seed: int,
-        round_index: int,
-    ) -> ParamStack:
-        return local_train(model, params, data, device_ids, config, seed=seed, round_index=round_index)
+    train = staticmethod(local_train)
 
     def close(self) -> None:
         pass

@@ -1,11 +1,13 @@
-"""Shared by the tests: workload builders (sklearn digits, softmax regression, hand-made splits) and a
-check that Ray left no process behind (the Flower and Ray-backend tests)."""
+"""Shared by the tests: specs built from the tiny spec, workload builders (sklearn digits, softmax
+regression, hand-made splits) and a check that Ray left no process behind (Flower and Ray-backend tests)."""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -22,6 +24,17 @@ from etree.protocol import Workload
 from topologies import build_topology
 
 Digits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def tiny_spec_with(**changes: Any) -> dict[str, Any]:
+    """conftest's ``TINY_SPEC`` as a raw spec dict, changed: a table given as a dict updates that
+    table's keys, anything else (scalars, ``protocols``) replaces the value."""
+    from conftest import TINY_SPEC
+
+    raw = tomllib.loads(TINY_SPEC)
+    for key, value in changes.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and key in raw else value
+    return raw
 
 
 def softmax_workload(

@@ -7,6 +7,7 @@ import pickle
 from typing import Any
 
 import pytest
+from helpers import tiny_spec_with
 
 from etree.checkpoint import RunSnapshot
 from etree.protocol import Record, run_protocol
@@ -16,19 +17,15 @@ from experiments.spec import spec_from_dict
 
 ROUNDS = 6
 
-BASE: dict[str, Any] = {
-    "name": "snap",
-    "seed": 5,
-    "rounds": ROUNDS,
-    "eval_every": 1,
-    "topology": {"kind": "random_geometric", "devices": 16},
-    "data": {"dataset": "digits", "partition": "pathological", "classes_per_device": 3},
-    "model": {"kind": "softmax"},
-    "train": {"lr": 0.05, "local_epochs": 1, "batch_size": 4},
-    # faults exercise the restored clock: a crash before and one after the snapshot, dropouts
-    "network": {"dropout": 0.2, "crash": [{"at_s": 0.3, "node": 3}, {"at_s": 2.0, "node": "root"}]},
-}
-
+# faults exercise the restored clock (crashes, dropouts); test_crashes_after_the_snapshot_still_fire times them
+BASE = tiny_spec_with(
+    name="snap",
+    seed=5,
+    rounds=ROUNDS,
+    eval_every=1,
+    topology={"devices": 16},
+    network={"dropout": 0.2, "crash": [{"at_s": 0.3, "node": 3}, {"at_s": 2.0, "node": "root"}]},
+)
 PROTOCOLS = [
     ("etree", {"groups": [3, 1], "ratios": [1, 2]}),
     ("fedavg", {"participation": 0.5}),

@@ -254,6 +254,7 @@ def test_synthetic_scales_to_ten_thousand_devices() -> None:
         ({"classes": 1}, "data.classes"),
         ({"samples_per_device": 0}, "data.samples_per_device"),
         ({"samples_per_device": 2, "test_fraction": 0.1}, "data.test_fraction"),
+        ({"shared_model": 1}, "data.shared_model"),
     ],
 )
 def test_synthetic_bad_options_name_their_field(options: dict[str, Any], field: str) -> None:

@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+import tomli_w
+from helpers import tiny_spec_with
 
 from etree.clock import SimClock
 from etree.conditions import Crash, Distribution, NetworkConditions
@@ -219,46 +221,22 @@ def test_heterogeneity_is_seeded_and_the_trace_overrides(tmp_path):
 
 
 # -- whole runs ---------------------------------------------------------------
-FAULT_SPEC = """
-name = "faults"
-seed = 1
-rounds = {rounds}
-eval_every = 1
-
-[topology]
-kind = "edge_cloud"
-devices = 40
-
-[data]
-dataset = "digits"
-partition = "pathological"
-classes_per_device = 3
-
-[model]
-kind = "softmax"
-
-[train]
-lr = 0.05
-batch_size = 4
-
-[network]
-{network}
-
-[[protocols]]
-name = "fedavg"
-
-[[protocols]]
-name = "etree"
-groups = [4, 1]
-ratios = [1, 2]
-pretrain_epochs = 1
-public_samples = 200
-"""
-
-
-def _spec(tmp_path, network: str, rounds: int = 10):
+def _spec(tmp_path, network: dict, rounds: int = 10):
+    """A 40-device edge-cloud run of FedAvg and E-Tree under ``network``, saved as faults.toml."""
+    raw = tiny_spec_with(
+        name="faults",
+        seed=1,
+        rounds=rounds,
+        eval_every=1,
+        topology={"kind": "edge_cloud", "devices": 40},
+        network=network,
+        protocols=[
+            {"name": "fedavg"},
+            {"name": "etree", "groups": [4, 1], "ratios": [1, 2], "pretrain_epochs": 1, "public_samples": 200},
+        ],
+    )
     path = tmp_path / "faults.toml"
-    path.write_text(FAULT_SPEC.format(network=network, rounds=rounds))
+    path.write_text(tomli_w.dumps(raw))
     return load_spec(path)
 
 
@@ -267,12 +245,11 @@ def _series(records, protocol, metric):
 
 
 def test_etree_learns_on_after_its_root_crashes_and_fedavg_stops_without_its_server(tmp_path):
-    spec = _spec(
-        tmp_path,
-        'detection_timeout_s = 0.5\ncrash = [{at_s = 0.25, node = "server", protocol = "fedavg"}, '
-        '{at_s = 0.25, node = "root", protocol = "etree"}]',
-        rounds=14,
-    )
+    crashes = [
+        {"at_s": 0.25, "node": "server", "protocol": "fedavg"},
+        {"at_s": 0.25, "node": "root", "protocol": "etree"},
+    ]
+    spec = _spec(tmp_path, {"detection_timeout_s": 0.5, "crash": crashes}, rounds=14)
     records = run_spec(spec).records
     for label in ("fedavg", "etree"):
         (crash,) = _series(records, label, "crash")
@@ -288,12 +265,15 @@ def test_etree_learns_on_after_its_root_crashes_and_fedavg_stops_without_its_ser
 
 
 def test_same_seed_gives_identical_sim_time_columns(tmp_path):
-    network = (
-        'contention = true\ndropout = 0.2\ndeadline_s = 0.2\nlate = "stale"\n'
-        'compute_flops = {kind = "lognormal", median = 1e8, sigma = 1.0}\n'
-        'bandwidth_bps = {kind = "uniform", low = 1e6, high = 2e7}\n'
-        'crash = [{at_s = 0.3, node = "head"}]'
-    )
+    network = {
+        "contention": True,
+        "dropout": 0.2,
+        "deadline_s": 0.2,
+        "late": "stale",
+        "compute_flops": {"kind": "lognormal", "median": 1e8, "sigma": 1.0},
+        "bandwidth_bps": {"kind": "uniform", "low": 1e6, "high": 2e7},
+        "crash": [{"at_s": 0.3, "node": "head"}],
+    }
     spec = _spec(tmp_path, network, rounds=6)
     first = [(r.protocol, r.metric, r.sim_time_s, r.bytes_sent, r.value) for r in run_spec(spec).records]
     second = [(r.protocol, r.metric, r.sim_time_s, r.bytes_sent, r.value) for r in run_spec(spec).records]
@@ -302,13 +282,13 @@ def test_same_seed_gives_identical_sim_time_columns(tmp_path):
 
 
 def test_timing_off_keeps_time_at_zero_and_counts_bytes(tmp_path):
-    records = run_spec(_spec(tmp_path, "timing = false", rounds=2)).records
+    records = run_spec(_spec(tmp_path, {"timing": False}, rounds=2)).records
     assert all(r.sim_time_s == 0.0 for r in records)
     assert all(r.bytes_sent > 0 for r in records if r.round == 2)
 
 
 def test_a_fault_run_writes_links_and_marks_crashes(tmp_path):
-    spec = _spec(tmp_path, 'crash = [{at_s = 0.2, node = "server", protocol = "fedavg"}]', rounds=4)
+    spec = _spec(tmp_path, {"crash": [{"at_s": 0.2, "node": "server", "protocol": "fedavg"}]}, rounds=4)
     out = tmp_path / "run"
     assert main(["run", str(tmp_path / "faults.toml"), "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader((out / "links.csv").open()))
@@ -350,7 +330,7 @@ def test_bad_fault_specs_name_the_field(network, field):
 
 def test_cli_reports_a_bad_fault_spec_in_one_line(tmp_path, capsys):
     path = tmp_path / "bad.toml"
-    path.write_text(FAULT_SPEC.format(network="dropout = 2.0", rounds=2))
+    path.write_text(tomli_w.dumps(tiny_spec_with(network={"dropout": 2.0})))
     assert main(["run", str(path), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: network.dropout:")

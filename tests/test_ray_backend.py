@@ -8,6 +8,7 @@ its own Ray in a subprocess.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -17,16 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from helpers import ray_leftovers
+from helpers import ray_leftovers, recommender_workload
 
 import experiments.runner as runner
 from clients.errors import ClientsError
-from clients.interactions import interactions_from_table, pack_interactions
 from clients.models import build_model, init_params, replicate
-from clients.recommenders import build_recommender, init_recommender
 from clients.training import TrainConfig, local_train
 from etree import ProtocolError, Record, Workload, make_protocol, run_protocol
 from etree.backends import LocalTrainer
@@ -34,7 +32,6 @@ from etree.ray_backend import RayTrainer, shard_bounds
 from etree.ray_guest import GUEST_ENVIRONMENT
 from experiments.runner import build_workload, run_spec
 from experiments.spec import Spec, SpecError, spec_from_dict
-from topologies import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "benchmarks" / "check_no_outbound.py"
@@ -165,29 +162,8 @@ def test_run_spec_closes_its_backend_even_when_a_run_fails(runs, monkeypatch):
 
 
 def _recommender_workload(trainer: Any) -> Workload:
-    """12 devices of 2 users each, 40 items, matrix factorisation (private user rows)."""
-    rng = np.random.default_rng(0)
-    users, items, per_user = 24, 40, 8
-    u = np.repeat(np.arange(users), per_user)
-    i = np.concatenate([rng.choice(items, per_user, replace=False) for _ in range(users)])
-    data = interactions_from_table("synthetic", u, i, rng.random(len(u)), seed=0, test_negatives=5)
-    fleet = pack_interactions(data, [np.arange(2 * d, 2 * d + 2) for d in range(12)])
-    model = build_recommender("mf", fleet.slots, data.num_items)
-    return Workload(
-        model=model,
-        initial=init_recommender(model, 1),
-        data=fleet,
-        x_test=torch.zeros(0, 2),
-        y_test=torch.zeros(0, dtype=torch.int64),
-        graph=build_topology("random_geometric", 12, seed=3),
-        train=TrainConfig(lr=0.05, local_epochs=1, batch_size=4),
-        seed=11,
-        input_shape=(2,),
-        num_classes=data.num_items,
-        rounds=3,
-        private=model.private,
-        trainer=trainer,
-    )
+    """12 devices of 2 users each, matrix factorisation (private user rows), on ``trainer``."""
+    return dataclasses.replace(recommender_workload("mf"), trainer=trainer)
 
 
 def test_recommender_runs_match_the_local_backend(trainer):

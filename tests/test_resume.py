@@ -11,45 +11,24 @@ import time
 from pathlib import Path
 
 import pytest
+import tomli_w
+from helpers import tiny_spec_with
 
 from experiments.checkpoints import CHECKPOINT_DIR, STATE_FILE, load_checkpoint
 from experiments.cli import main
 
-SPEC = """
-name = "resumable"
-seed = 11
-rounds = 12
-eval_every = 1
-
-[topology]
-kind = "random_geometric"
-devices = 30
-
-[data]
-dataset = "digits"
-partition = "pathological"
-classes_per_device = 3
-
-[model]
-kind = "softmax"
-
-[train]
-lr = 0.05
-local_epochs = 1
-batch_size = 1
-
-[network]
-dropout = 0.1
-crash = [{ at_s = 1.5, node = "root" }]
-
-[[protocols]]
-name = "etree"
-groups = [4, 1]
-ratios = [1, 3]
-
-[[protocols]]
-name = "gossip"
-"""
+SPEC = tomli_w.dumps(
+    tiny_spec_with(
+        name="resumable",
+        seed=11,
+        rounds=12,
+        eval_every=1,
+        topology={"devices": 30},
+        train={"batch_size": 1},
+        network={"dropout": 0.1, "crash": [{"at_s": 1.5, "node": "root"}]},
+        protocols=[{"name": "etree", "groups": [4, 1], "ratios": [1, 3]}, {"name": "gossip"}],
+    )
+)
 
 
 def _etree(*args: str) -> subprocess.Popen[bytes]:
