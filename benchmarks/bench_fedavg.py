@@ -21,10 +21,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from clients.fleet import pack_fleet
-from clients.models import build_model, init_params, replicate
-from clients.training import TrainConfig, local_train
-from etree.aggregation import weighted_mean
+from clients.classification.fleet import pack_fleet
+from clients.classification.models import build_model
+from clients.params import init_params, replicate
+from clients.train_config import TrainConfig
+from etree.backends.local import local_train
+from etree.trees.aggregation import weighted_mean
 
 SAMPLES, FEATURES, CLASSES = 18, 64, 10
 LOOP_DEVICES_MAX = 300

@@ -3,7 +3,7 @@ against the FLOP/s of a large ``torch.matmul``, both measured in this run.
 
 The reference is a square float32 matmul (``--matmul-size``, default 2048:
 2 n^3 FLOPs per call), which on a CPU is as close to peak as torch gets. The
-epoch is the product's code path, ``clients.training.local_train`` over a whole
+epoch is the product's code path, ``clients.classification.training.local_train`` over a whole
 fleet, counted as the engine counts it for simulated compute time
 (``Workload.epoch_flops``: forward + backward ~ 3x the forward FLOPs per
 sample). Per-sample SGD (the E-Tree paper's batch size 1) is a batch of
@@ -23,9 +23,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from clients.fleet import pack_fleet
-from clients.models import build_model, forward_flops, init_params, replicate
-from clients.training import TrainConfig, local_train
+from clients.classification.fleet import pack_fleet
+from clients.classification.models import build_model, forward_flops
+from clients.params import init_params, replicate
+from clients.train_config import TrainConfig
+from etree.backends.local import local_train
 
 FEATURES, CLASSES = 64, 10
 

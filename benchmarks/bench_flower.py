@@ -17,8 +17,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
+from etree.engine.loop import run_protocol
+from etree.protocols import make_protocol
 from experiments.runner import build_workload
 from experiments.spec import Spec, spec_from_dict
 

@@ -32,9 +32,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from etree.checkpoint import take_snapshot
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
+from etree.engine.checkpoint import take_snapshot
+from etree.engine.loop import run_protocol
+from etree.protocols import make_protocol
 from experiments.runner import build_workload
 from experiments.spec import spec_from_dict
 

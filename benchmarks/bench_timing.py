@@ -19,9 +19,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
-from etree.tree_timing import TreeTiming
+from etree.engine.loop import run_protocol
+from etree.protocols import make_protocol
+from etree.trees.timing import TreeTiming
 from experiments.runner import build_workload
 from experiments.spec import spec_from_dict
 

@@ -20,8 +20,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from etree.etree_learning import build_etree_tree
-from etree.network import NetworkModel
+from etree.network.model import NetworkModel
+from etree.trees.kma_tree import build_etree_tree
 from topologies import build_topology
 
 

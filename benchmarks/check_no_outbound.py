@@ -8,8 +8,8 @@ traced, then lists every AF_INET/AF_INET6 ``connect`` address. It fails on any
 address outside 127.0.0.0/8 and ::1 (AF_UNIX and other families are local and
 ignored). Why: Ray's usage-stats dashboard process probes cloud metadata
 (169.254.169.254, metadata.google.internal) even with usage stats off, and
-Ray discovers its node IP by a UDP connect to 8.8.8.8; ``etree.flower_fedavg``
-and ``etree.ray_backend`` set (``etree.ray_guest``) the environment that keeps all of
+Ray discovers its node IP by a UDP connect to 8.8.8.8; ``etree.protocols.flower``
+and ``etree.backends.ray`` set (``etree.backends.ray_guest``) the environment that keeps all of
 it on loopback, and this proves it.
 
 Run: ``.venv/bin/python benchmarks/check_no_outbound.py`` (needs ``strace``:
@@ -80,9 +80,10 @@ def run_tiny(workload_kind: str = "flower") -> None:
     from sklearn.datasets import load_digits
 
     import topologies
-    from clients.fleet import pack_fleet
-    from clients.models import build_model, init_params
-    from clients.training import TrainConfig
+    from clients.classification.fleet import pack_fleet
+    from clients.classification.models import build_model
+    from clients.params import init_params
+    from clients.train_config import TrainConfig
     from etree import Workload, make_protocol, run_protocol
     from etree.backends import make_trainer
 

@@ -1,10 +1,11 @@
 """The error raised for bad dataset, partition, model or training input.
 
-Each layer has its own error class because lower layers may not import one
-another (see DESIGN.md); all are ``ValueError`` subclasses and the CLI reports
-any of them as one ``error:`` line.
+A subclass of the project's base exception, :class:`etree.core.errors.EtreeError`, which the CLI
+reports as one ``error:`` line.
 """
 
+from etree.core.errors import EtreeError
 
-class ClientsError(ValueError):
+
+class ClientsError(EtreeError):
     """A data, model or training request that cannot be honoured; the message names the field."""

@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from clients.datasets import check_int
+from clients.checks import check_int
 from clients.errors import ClientsError
 
 SCHEMES = ("dirichlet", "iid", "natural", "pathological", "spatial")

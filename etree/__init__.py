@@ -1,24 +1,59 @@
-"""How models flow: protocols (FedAvg, E-Tree, baselines), aggregation trees, simulated network time."""
+"""etree: a simulator for decentralized edge federated learning (E-Tree, FedAvg, Flower, gossip).
 
-from etree import baselines as _baselines  # noqa: F401  (registers individual, grouped)
-from etree import centralised as _centralised  # noqa: F401  (registers centralised, popularity)
-from etree import etree_learning as _etree_learning  # noqa: F401  (registers etree)
-from etree import fedavg as _fedavg  # noqa: F401  (registers the protocol)
-from etree import flower_fedavg as _flower_fedavg  # noqa: F401  (registers flower; imports flwr lazily)
-from etree import gossip as _gossip  # noqa: F401  (registers the protocol)
-from etree import hierfavg as _hierfavg  # noqa: F401  (registers the protocol)
-from etree.errors import ProtocolError
-from etree.protocol import Protocol, Record, RoundCost, Workload, run_protocol
-from etree.registry import PROTOCOLS, make_protocol, register_protocol
+This file is the public Python API, for notebooks and scripts::
 
-__all__ = [
-    "PROTOCOLS",
-    "Protocol",
-    "ProtocolError",
-    "Record",
-    "RoundCost",
-    "Workload",
-    "make_protocol",
-    "register_protocol",
-    "run_protocol",
-]
+    import etree
+    result = etree.run("experiments/default.toml", overrides={"rounds": 5}, out=None)
+    result.metrics  # pandas DataFrame with the metrics.csv columns
+
+Its names are loaded on first use (PEP 562): every module of the project imports
+:mod:`etree.core` for the base exception, which runs this file first, so this
+file may import nothing itself; ``etree --help`` stays fast for the same reason.
+The packages below it are documented in ``docs/ARCHITECTURE.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from typing import Any
+
+try:
+    __version__ = metadata.version("etree")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "run": "experiments.api",
+    "load_run": "experiments.api",
+    "RunResult": "experiments.api",
+    "register_model": "experiments.plugins",
+    "register_dataset": "experiments.plugins",
+    "register_partitioner": "experiments.plugins",
+    "register_topology": "experiments.plugins",
+    "register_protocol": "experiments.plugins",
+    "EtreeError": "etree.core.errors",
+    "ProtocolError": "etree.core.errors",
+    "Protocol": "etree.engine.protocol",
+    "Record": "etree.engine.protocol",
+    "RoundCost": "etree.engine.protocol",
+    "Workload": "etree.engine.workload",
+    "run_protocol": "etree.engine.loop",
+    "PROTOCOLS": "etree.engine.registry",
+    "make_protocol": "etree.protocols",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'etree' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

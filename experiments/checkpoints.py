@@ -3,7 +3,7 @@
 ``spec.toml`` is the resolved spec (the resumed run rebuilds its workload from
 it, bit for bit: every stream is seeded from it); ``state.pkl`` holds the
 records written so far, the structures and link loads of finished protocols,
-and a snapshot of the protocol in progress (``etree.checkpoint``). Both are
+and a snapshot of the protocol in progress (``etree.engine.checkpoint``). Both are
 replaced atomically, so a kill at any instant leaves the previous checkpoint
 whole. The finished run folder replaces the whole ``RUN_DIR`` and with it the
 checkpoint (``experiments.results``).

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clients.errors import ClientsError
-from etree.errors import ProtocolError
+from etree.core.errors import ProtocolError
 from experiments.spec import SpecError
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so `etree --help` stays fast
-    from etree.protocol import Workload
+    from etree.engine.workload import Workload
     from experiments.spec import Spec
 from topologies.errors import TopologyError
 
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     table3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     table3.add_argument("--out", type=Path, default=Path("results") / "paper_table3")
     table3.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep = commands.add_parser("sweep", help="run the product of grid settings x seeds; mean curves with 95% CIs")
+    sweep = commands.add_parser("sweep", help="run the product of grid settings x seeds; mean curves with 95%% CIs")
     sweep.add_argument("spec")
     sweep.add_argument(
         "--grid",
@@ -122,7 +122,8 @@ def _plot(args: argparse.Namespace) -> int:
     from experiments.plots import plot_run
     from experiments.results import atomic_write_text
     from experiments.summary import summary_markdown
-    from experiments.sweep import is_sweep, summarise_sweep
+    from experiments.sweep_files import is_sweep
+    from experiments.sweep_summary import summarise_sweep
 
     if is_sweep(args.run_dir):
         print(f"wrote {', '.join(str(path) for path in summarise_sweep(args.run_dir))}")
@@ -149,7 +150,7 @@ def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
     """Print and draw the first tree of the spec's protocols (or ``--protocol``'s)."""
     from rich.console import Console
 
-    from etree.registry import make_protocol
+    from etree.protocols import make_protocol
     from experiments.tree_view import draw_tree, outline
 
     chosen = [p for p in spec.protocols if args.protocol in (None, p.label)]

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from etree.links import LinkLoad
-from etree.protocol import Record
+from etree.engine.protocol import Record
+from etree.network.links import LinkLoad
 from experiments.runner import RunResult
 from experiments.summary import summary_markdown
 from topologies import write_graphml

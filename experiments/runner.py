@@ -18,20 +18,24 @@ import networkx as nx
 import numpy as np
 import torch
 
-import etree  # noqa: F401  (registers protocols)
-from clients.datasets import Dataset, load_dataset
-from clients.fleet import pack_fleet
-from clients.interactions import Interactions, pack_interactions
-from clients.models import build_model, init_params
+from clients.classification.datasets import Dataset
+from clients.classification.fleet import pack_fleet
+from clients.classification.models import build_model
+from clients.datasets import load_dataset
+from clients.params import init_params
 from clients.partition import partition_indices
-from clients.recommenders import build_recommender, init_recommender
-from clients.training import TrainConfig
-from etree.backends import Trainer, make_trainer
-from etree.checkpoint import RunSnapshot
-from etree.heterogeneity import apply_heterogeneity
-from etree.links import LinkLoad
-from etree.protocol import Record, Workload, run_protocol
-from etree.registry import make_protocol
+from clients.recommendation.interactions import Interactions, pack_interactions
+from clients.recommendation.models import build_recommender, init_recommender
+from clients.train_config import TrainConfig
+from etree.backends import make_trainer
+from etree.backends.base import Trainer
+from etree.engine.checkpoint import RunSnapshot
+from etree.engine.loop import run_protocol
+from etree.engine.protocol import Record
+from etree.engine.workload import Workload
+from etree.network.heterogeneity import apply_heterogeneity
+from etree.network.links import LinkLoad
+from etree.protocols import make_protocol
 from experiments.spec import Spec, SpecError
 from topologies import build_topology
 

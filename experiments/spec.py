@@ -7,7 +7,7 @@ pass their extra keys through as that component's options; the component's
 registry checks those names before anything runs. The resolved spec is saved by
 serialising these objects (``to_dict``), never from a hand-kept field list.
 
-``[network]`` (optional) is ``etree.conditions.NetworkConditions``: timing,
+``[network]`` (optional) is ``etree.network.conditions.NetworkConditions``: timing,
 contention, compression, faults and heterogeneity, e.g.::
 
     [network]
@@ -19,7 +19,7 @@ contention, compression, faults and heterogeneity, e.g.::
     bandwidth_bps = {kind = "uniform", low = 5e6, high = 2e7}
     crash = [{at_s = 30.0, node = "server"}, {at_s = 40.0, node = "root", protocol = "etree"}]
 
-``[backend]`` (optional) is where local training runs (``etree.backends``): ``local``
+``[backend]`` (optional) is where local training runs (``etree.backends.local``): ``local``
 (this process, the default) or ``ray`` (device shards on ``workers`` Ray actors; a
 private loopback Ray when ``address`` is empty, else ``ray.init(address=...)``)::
 
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from etree.backends import BACKENDS
-from etree.conditions import (
+from etree.network.conditions import (
     CRASH_ROLES,
     DISTRIBUTIONS,
     LATE_POLICIES,
@@ -95,7 +95,7 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    kind: str = "local"  # etree.backends.BACKENDS
+    kind: str = "local"  # etree.backends.local.BACKENDS
     workers: int = 2  # Ray actors, one contiguous device shard each (kind = "ray")
     address: str = ""  # "" = a private loopback Ray on this machine; else ray.init(address=...)
 

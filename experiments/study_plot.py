@@ -33,7 +33,7 @@ from experiments.metrics_file import Series, first_reaching
 from experiments.plots import save_figure
 from experiments.results import atomic_write_text
 from experiments.summary import TARGET_FRACTION
-from experiments.sweep import SWEEP_FILE, confidence, sweep_runs
+from experiments.sweep_files import SWEEP_FILE, confidence, sweep_runs
 
 FIGURE = "study.png"
 TABLE = "study.md"

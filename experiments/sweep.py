@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -40,16 +39,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-from scipy import stats
 
-from experiments.metrics_file import Series, read_metrics
-from experiments.plots import save_figure
 from experiments.results import atomic_write_text
 from experiments.spec import Spec, SpecError, load_spec, load_sweep_plan
+from experiments.sweep_files import SWEEP_FILE
+from experiments.sweep_summary import summarise_sweep
 
-SWEEP_FILE = "sweep.json"
 REDRAWABLE = ("convergence.png", "tree_*.png", "topology.graphml*")  # dropped from a sweep's run folders
 Axis = tuple[str, tuple[str, ...]]  # a dotted key and its values as --set texts
 
@@ -212,89 +207,3 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _curves(out: Path) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
-    """``{setting label: {protocol: [(rounds, accuracy) per seed]}}`` read from the run folders."""
-    curves: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
-    for _, overrides, _, runs in sweep_runs(out):
-        label = "\n".join(overrides) or "base"
-        for protocol, metrics in runs.items():
-            if "accuracy" in metrics:
-                s = metrics["accuracy"]
-                curves.setdefault(label, {}).setdefault(protocol, []).append((s.rounds, s.values))
-    return curves
-
-
-def sweep_runs(out: Path) -> list[tuple[str, list[str], int, dict[str, dict[str, Series]]]]:
-    """``(setting, overrides, seed, {protocol: {metric: Series}})`` for every finished run of a sweep,
-    reused protocols read from the setting that ran them."""
-    record = json.loads((out / SWEEP_FILE).read_text())
-    found = []
-    for name, overrides in record["settings"].items():
-        for seed in record["seeds"]:
-            runs = {}
-            if (out / name / f"seed{seed}" / "metrics.csv").is_file():
-                runs.update(read_metrics(out / name / f"seed{seed}"))
-            for protocol, source in record.get("reused", {}).get(name, {}).items():
-                if (out / source / f"seed{seed}" / "metrics.csv").is_file():
-                    runs[protocol] = read_metrics(out / source / f"seed{seed}")[protocol]
-            if runs:
-                found.append((name, overrides, seed, runs))
-    return found
-
-
-def confidence(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 95% confidence half-width (Student t); half-width 0 for a single seed."""
-    n = values.shape[axis]
-    mean = values.mean(axis)
-    if n < 2:
-        return mean, np.zeros_like(mean)
-    half = stats.t.ppf(0.975, n - 1) * values.std(axis, ddof=1) / np.sqrt(n)
-    return mean, half
-
-
-def summarise_sweep(out: Path) -> list[Path]:
-    """Write ``summary.md`` (final accuracy, mean ± 95% CI) and ``sweep.png`` (mean curves, 95% bands),
-    and the K study when the grid varies a protocol's ``groups``; return the files written."""
-    curves = _curves(out)
-    lines = [
-        "# Sweep",
-        "",
-        "Final test accuracy, mean ± 95% confidence half-width over seeds (Student t).",
-        "",
-        "| setting | protocol | seeds | final accuracy |",
-        "|---|---|---|---|",
-    ]
-    panels = max(1, len(curves))
-    columns = min(panels, 6)
-    rows = math.ceil(panels / columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False, constrained_layout=True
-    )
-    for ax in axes.flat[len(curves) :]:
-        ax.set_visible(False)
-    for ax, (name, protocols) in zip(axes.flat, curves.items(), strict=False):
-        for index, (protocol, runs) in enumerate(protocols.items()):
-            length = min(len(r) for r, _ in runs)
-            values = np.stack([v[:length] for _, v in runs])
-            mean, half = confidence(values)
-            rounds = runs[0][0][:length]
-            ax.plot(rounds, mean, color=f"C{index % 10}", label=protocol)
-            ax.fill_between(rounds, mean - half, mean + half, color=f"C{index % 10}", alpha=0.2)
-            final_mean, final_half = confidence(values[:, -1])
-            setting = name.replace("\n", ", ")
-            final = f"{float(final_mean):.4f} ± {float(final_half):.4f}"
-            lines.append(f"| {setting} | {protocol} | {len(runs)} | {final} |")
-        ax.set_title(name, fontsize=7)
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
-    save_figure(figure, out / "sweep.png")
-    from experiments.study_plot import write_study  # it reads sweeps with this module's helpers
-
-    return [out / "summary.md", out / "sweep.png", *(write_study(out) or ())]
-
-
-def is_sweep(folder: Path) -> bool:
-    return (Path(folder) / SWEEP_FILE).is_file()

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from clients.fleet import pack_fleet
-from clients.interactions import Interactions, interactions_from_table, pack_interactions
-from clients.models import build_model, init_params
-from clients.recommenders import build_recommender, init_recommender
-from clients.training import TrainConfig
-from etree.conditions import NetworkConditions
-from etree.protocol import Workload
+from clients.classification.fleet import pack_fleet
+from clients.classification.models import build_model
+from clients.params import init_params
+from clients.recommendation.interactions import Interactions, interactions_from_table, pack_interactions
+from clients.recommendation.models import build_recommender, init_recommender
+from clients.train_config import TrainConfig
+from etree.engine.workload import Workload
+from etree.network.conditions import NetworkConditions
 from topologies import build_topology
 
 Digits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]

@@ -2,7 +2,7 @@
 
 import torch
 
-from etree.aggregation import broadcast, segment_mean, weighted_mean
+from etree.trees.aggregation import broadcast, segment_mean, weighted_mean
 
 
 def _stack(rows):

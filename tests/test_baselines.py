@@ -9,11 +9,11 @@ import pytest
 import torch
 from helpers import label_sharded_workload
 
-import etree  # noqa: F401  (registers protocols)
-from clients.training import local_train
-from etree.errors import ProtocolError
-from etree.protocol import Workload, run_protocol
-from etree.registry import make_protocol
+from etree.backends.local import local_train
+from etree.core.errors import ProtocolError
+from etree.engine.loop import run_protocol
+from etree.engine.workload import Workload
+from etree.protocols import make_protocol
 from topologies import build_topology
 
 QUICK = {"pretrain_epochs": 1, "public_samples": 200}

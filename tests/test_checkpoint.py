@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from helpers import tiny_spec_with
 
-from etree.checkpoint import RunSnapshot
-from etree.protocol import Record, run_protocol
-from etree.registry import make_protocol
+from etree.engine.checkpoint import RunSnapshot
+from etree.engine.loop import run_protocol
+from etree.engine.protocol import Record
+from etree.protocols import make_protocol
 from experiments.runner import build_workload
 from experiments.spec import spec_from_dict
 

@@ -13,14 +13,9 @@ import mnist1d.data
 import numpy as np
 import pytest
 
-from clients import online
-from clients.datasets import (
-    DATASETS,
-    Dataset,
-    dataset_options,
-    load_dataset,
-    register_dataset,
-)
+from clients.classification import online
+from clients.classification.datasets import Dataset
+from clients.datasets import DATASETS, dataset_options, load_dataset, register_dataset
 from clients.errors import ClientsError
 
 
@@ -71,7 +66,7 @@ def test_unknown_dataset_lists_the_valid_ones() -> None:
 def test_unknown_option_names_the_field_and_lists_the_valid_ones() -> None:
     with pytest.raises(
         ClientsError,
-        match=r"^data\.colour: unknown option for dataset 'digits'; "
+        match=r"^data\.colour: unknown option 'colour' for 'digits'; "
         r"valid options: test_fraction$",
     ):
         load_dataset("digits", seed=0, devices=1, colour="red")
@@ -405,6 +400,6 @@ def test_uci_har_broken_archive_names_the_file(tmp_path: Path) -> None:
 
 
 def test_cache_dir_follows_the_environment(offline: Path) -> None:
-    from clients.datasets import cache_dir
+    from clients.cache import cache_dir
 
     assert cache_dir() == offline

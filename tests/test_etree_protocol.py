@@ -9,14 +9,14 @@ import pytest
 import torch
 from helpers import label_sharded_workload
 
-import etree  # noqa: F401  (registers protocols)
-from etree.errors import ProtocolError
-from etree.etree_learning import build_etree_tree
-from etree.hierarchical import TreeProtocol
-from etree.network import NetworkModel
-from etree.protocol import Workload, run_protocol
-from etree.registry import make_protocol
-from etree.tree import AggregationTree
+from etree.core.errors import ProtocolError
+from etree.engine.loop import run_protocol
+from etree.engine.workload import Workload
+from etree.network.model import NetworkModel
+from etree.protocols import make_protocol
+from etree.trees.hierarchical import TreeProtocol
+from etree.trees.kma_tree import build_etree_tree
+from etree.trees.tree import AggregationTree
 from topologies import build_topology, delay_matrix
 
 QUICK = {"pretrain_epochs": 1, "public_samples": 200}

@@ -26,13 +26,16 @@ from helpers import ray_leftovers, recommender_workload
 from sklearn.datasets import load_digits
 
 import topologies
-from clients.fleet import pack_fleet
-from clients.models import ParamStack, build_model, init_params
-from clients.training import TrainConfig
-from etree import ProtocolError, Record, Workload, make_protocol, run_protocol
-from etree.flower_fedavg import FlowerFedAvg
-from etree.hierarchical import participants
-from etree.ray_guest import GUEST_ENVIRONMENT
+from clients.classification.fleet import pack_fleet
+from clients.classification.models import build_model
+from clients.params import ParamStack, init_params
+from clients.train_config import TrainConfig
+from etree.backends.ray_guest import GUEST_ENVIRONMENT
+from etree.core.errors import ProtocolError
+from etree.engine import Record, Workload, run_protocol
+from etree.engine.sampling import participants
+from etree.protocols import make_protocol
+from etree.protocols.flower import FlowerFedAvg
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "benchmarks" / "check_no_outbound.py"

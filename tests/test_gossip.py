@@ -6,8 +6,11 @@ import pytest
 import torch
 from helpers import softmax_workload
 
-from etree.errors import ProtocolError
-from etree.gossip import (
+from etree.core.errors import ProtocolError
+from etree.engine.loop import run_protocol
+from etree.network.model import NetworkModel
+from etree.protocols import make_protocol
+from etree.protocols.gossip import (
     device_transfer_matrix,
     graph_overlay,
     merge_ages,
@@ -17,9 +20,6 @@ from etree.gossip import (
     pair_transfer_s,
     random_peers,
 )
-from etree.network import NetworkModel
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
 from topologies import build_topology
 
 

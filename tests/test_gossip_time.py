@@ -6,13 +6,13 @@ import torch
 from helpers import softmax_workload
 from sklearn.datasets import load_digits
 
-from etree.clock import SimClock
-from etree.conditions import Crash, NetworkConditions
-from etree.errors import ProtocolError
-from etree.gossip import merge_delay, merge_models, wake_phases
-from etree.network import NetworkModel
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
+from etree.core.errors import ProtocolError
+from etree.engine.loop import run_protocol
+from etree.network.clock import SimClock
+from etree.network.conditions import Crash, NetworkConditions
+from etree.network.model import NetworkModel
+from etree.protocols import make_protocol
+from etree.protocols.gossip import merge_delay, merge_models, wake_phases
 from topologies import build_topology
 from topologies.attributes import annotated_graph
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from helpers import softmax_workload
 
-from etree.errors import ProtocolError
-from etree.hierarchical import TreeProtocol
-from etree.network import NetworkModel
-from etree.placement import delay_medoid
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
+from etree.core.errors import ProtocolError
+from etree.engine.loop import run_protocol
+from etree.network.model import NetworkModel
+from etree.network.placement import delay_medoid
+from etree.protocols import make_protocol
+from etree.trees.hierarchical import TreeProtocol
 from topologies import build_topology
 
 

@@ -7,16 +7,16 @@ import time
 import numpy as np
 import pytest
 
-from etree.kma import (
+from etree.network.model import NetworkModel
+from etree.network.placement import delay_medoid
+from etree.trees.kma import (
     DelayOracle,
     kma_assignment,
     kma_clusters,
     kmedoids_clusters,
     nearest_assignment,
 )
-from etree.network import NetworkModel
-from etree.placement import delay_medoid
-from etree.public_nodes import select_public_nodes
+from etree.trees.public_nodes import select_public_nodes
 from topologies import build_topology, delay_matrix
 
 SEEDS = [0, 1, 2, 3]

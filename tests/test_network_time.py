@@ -10,13 +10,13 @@ import pytest
 import tomli_w
 from helpers import tiny_spec_with
 
-from etree.clock import SimClock
-from etree.conditions import Crash, Distribution, NetworkConditions
-from etree.heterogeneity import apply_heterogeneity
-from etree.links import LinkLedger
-from etree.network import NetworkModel, fifo_link_arrivals
-from etree.tree import AggregationTree, star_tree
-from etree.tree_timing import TreeTiming, round_messages
+from etree.network.clock import SimClock
+from etree.network.conditions import Crash, Distribution, NetworkConditions
+from etree.network.heterogeneity import apply_heterogeneity
+from etree.network.links import LinkLedger
+from etree.network.model import NetworkModel, fifo_link_arrivals
+from etree.trees.timing import TreeTiming, round_messages
+from etree.trees.tree import AggregationTree, star_tree
 from experiments.cli import main
 from experiments.runner import run_spec
 from experiments.spec import SpecError, load_spec, spec_from_dict

@@ -23,13 +23,16 @@ import torch
 from helpers import ray_leftovers, recommender_workload
 
 import experiments.runner as runner
+from clients.classification.models import build_model
 from clients.errors import ClientsError
-from clients.models import build_model, init_params, replicate
-from clients.training import TrainConfig, local_train
-from etree import ProtocolError, Record, Workload, make_protocol, run_protocol
-from etree.backends import LocalTrainer
-from etree.ray_backend import RayTrainer, shard_bounds
-from etree.ray_guest import GUEST_ENVIRONMENT
+from clients.params import init_params, replicate
+from clients.train_config import TrainConfig
+from etree.backends.local import LocalTrainer, local_train
+from etree.backends.ray import RayTrainer, shard_bounds
+from etree.backends.ray_guest import GUEST_ENVIRONMENT
+from etree.core.errors import ProtocolError
+from etree.engine import Record, Workload, run_protocol
+from etree.protocols import make_protocol
 from experiments.runner import build_workload, run_spec
 from experiments.spec import Spec, SpecError, spec_from_dict
 

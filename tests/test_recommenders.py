@@ -10,9 +10,8 @@ import pytest
 import torch
 from helpers import recommender_workload, synthetic_interactions
 
-import etree  # noqa: F401  (registers protocols)
 from clients.errors import ClientsError
-from clients.interactions import (
+from clients.recommendation.interactions import (
     Interactions,
     interactions_from_table,
     load_movielens,
@@ -21,24 +20,22 @@ from clients.interactions import (
     read_csv_interactions,
     recbole_ml100k_path,
 )
-from clients.recommenders import (
+from clients.recommendation.metrics import (
     DeviceModels,
-    build_recommender,
     evaluate_devices,
     full_ranks,
     hit_and_ndcg,
-    init_recommender,
     popularity_metrics,
     rank_of_positive,
     ranking_metrics,
-    sample_negatives,
     split_private,
-    train_recommender,
 )
-from etree import gossip as gossip_module
-from etree import hierarchical
-from etree.protocol import run_protocol
-from etree.registry import make_protocol
+from clients.recommendation.models import build_recommender, init_recommender
+from clients.recommendation.training import sample_negatives, train_recommender
+from etree.engine.loop import run_protocol
+from etree.protocols import gossip as gossip_module
+from etree.protocols import make_protocol
+from etree.trees import hierarchical
 
 needs_ml100k = pytest.mark.skipif(
     recbole_ml100k_path() is None, reason="ml-100k comes from recbole: pip install --no-deps recbole==1.2.1"

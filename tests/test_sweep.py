@@ -12,7 +12,8 @@ from experiments.cli import main
 from experiments.metrics_file import read_metrics
 from experiments.runner import run_spec
 from experiments.spec import SpecError, apply_overrides, load_spec, override_text, spec_from_dict, sweep_plan
-from experiments.sweep import confidence, merge_axes, only, parse_axes, parse_grid
+from experiments.sweep import merge_axes, only, parse_axes, parse_grid
+from experiments.sweep_files import confidence
 
 
 def test_grid_is_the_product_and_keeps_bracketed_values_whole():

@@ -5,10 +5,13 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from clients.classification.fleet import pack_fleet
+from clients.classification.models import build_model
+from clients.classification.training import train_classifier
 from clients.errors import ClientsError
-from clients.fleet import pack_fleet
-from clients.models import build_model, init_params, replicate
-from clients.training import TrainConfig, epoch_order, local_train
+from clients.params import init_params, replicate
+from clients.train_config import TrainConfig, epoch_order
+from etree.backends.local import local_train
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def test_batched_training_equals_per_device_loop(fleet_parts, kind, batch_size):
     model = build_model(kind, (64,), 10)
     initial = init_params(model, seed=11)
     config = TrainConfig(lr=0.05, local_epochs=3, batch_size=batch_size)
-    batched = local_train(
+    batched = train_classifier(
         model,
         replicate(initial, len(parts)),
         fleet,

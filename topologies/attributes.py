@@ -2,7 +2,7 @@
 
 Every generator produces arrays (positions, an edge list, per-edge latency and
 bandwidth, per-node compute and role) and hands them to :func:`annotated_graph`,
-so the graph contract (DESIGN.md, topologies layer) is written once: integer
+so the graph contract (docs/ARCHITECTURE.md, topologies layer) is written once: integer
 nodes ``0..n-1`` added in order, devices first, edges in sorted ``(u, v)``
 order with ``u < v``, and plain Python floats in every attribute so graphml
 stores them exactly.

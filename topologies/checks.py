@@ -3,7 +3,7 @@
 Generators are public functions that may be called without the registry, so
 they validate their own options through these helpers; every failure is a
 ``TopologyError`` whose one-line message names the field, quotes the bad value
-and states the rule (STYLE.md item 9).
+and states the rule (docs/ARCHITECTURE.md, conventions).
 """
 
 import math

@@ -1,6 +1,6 @@
 """Connectivity checks on edge arrays and the bounded retry every random generator uses.
 
-A topology must be connected (STYLE.md item 2): random generators redraw with
+A topology must be connected (docs/ARCHITECTURE.md, conventions): random generators redraw with
 seeds derived from the caller's seed, a bounded number of times, then fail
 with an error that says which option to raise. Checking components on the
 edge array (scipy) before any networkx graph exists keeps retries cheap at

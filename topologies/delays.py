@@ -1,7 +1,7 @@
 """Shortest-path latency and bottleneck bandwidth between nodes of a topology.
 
 The simulated network times a message as path latency plus size over the
-path's bottleneck bandwidth (DESIGN.md, simulated time). Dijkstra runs in
+path's bottleneck bandwidth (docs/ARCHITECTURE.md, simulated time). Dijkstra runs in
 scipy.sparse.csgraph (compiled, about 30x faster than networkx), and the
 per-source functions never build an ``n x n`` matrix, so they serve fleets of
 100,000 devices. Functions are pure: nothing is cached between calls.

@@ -1,0 +1,157 @@
+"""Batched local training: one local epoch of every device is one tensor program.
+
+The parameters of D devices are a stacked dict ``{name: [D, ...]}``. A step runs
+the model over every device's mini-batch at once (``torch.func.vmap`` over
+``functional_call``) and takes the gradient of the sum of per-device mean losses:
+devices share no parameters, so that gradient is exactly each device's own.
+Unequal dataset sizes are handled by masking: device d takes ceil(n_d / B) steps
+per epoch, its last batch partial, exactly as a per-device loop would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from clients.classification.fleet import FleetData
+from clients.params import ParamStack
+from clients.train_config import TrainConfig, epoch_order
+
+DEFAULT_CHUNK = 4096
+
+
+def train_classifier(
+    model: nn.Module,
+    params: ParamStack,
+    data: FleetData,
+    device_ids: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    round_index: int,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> ParamStack:
+    """Run ``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``).
+
+    Returns new tensors; ``params`` is not modified. Devices are processed in
+    chunks of ``chunk_size`` to bound memory on large fleets.
+    """
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in params}
+    for start in range(0, len(device_ids), chunk_size):
+        ids = device_ids[start : start + chunk_size]
+        chunk = {name: t[start : start + chunk_size] for name, t in params.items()}
+        trained = _train_chunk(model, chunk, data, ids, config, seed=seed, round_index=round_index)
+        for name, tensor in trained.items():
+            out[name].append(tensor)
+    return {name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in out.items()}
+
+
+def _train_chunk(
+    model: nn.Module,
+    params: ParamStack,
+    data: FleetData,
+    ids: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    round_index: int,
+) -> ParamStack:
+    x, y, counts = data.x[ids], data.y[ids], data.counts[ids]
+    counts_np = counts.numpy()
+    capacity = max(1, int(counts_np.max(initial=0)))
+    x, y = x[:, :capacity], y[:, :capacity]
+    batch = config.batch_size
+    steps = -(-capacity // batch)
+    rows = torch.arange(len(ids)).unsqueeze(1)
+    dense = dense_layers(model)
+    step_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    if dense is not None:
+        current = {name: t.detach().clone() for name, t in params.items()}
+        step_fn = partial(_dense_step, dense, current, lr=config.lr)
+    else:
+
+        def run_model(p: ParamStack, xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(model, p, (xb,))
+
+        current = {name: t.detach().clone().requires_grad_(True) for name, t in params.items()}
+        step_fn = partial(_autograd_step, vmap(run_model), current, lr=config.lr)
+    for epoch in range(config.local_epochs):
+        order = torch.from_numpy(epoch_order(seed, round_index, epoch, ids.numpy(), counts_np, capacity))
+        for step in range(steps):
+            positions = torch.arange(step * batch, min((step + 1) * batch, capacity))
+            valid = (positions.unsqueeze(0) < counts.unsqueeze(1)).float()  # [D, b]
+            if not bool(valid.any()):
+                break
+            index = order[:, positions]
+            # each device's loss is the mean over its valid samples in the batch
+            weight = valid / valid.sum(1, keepdim=True).clamp(min=1.0)
+            step_fn(x[rows, index], y[rows, index], weight)
+    return {name: t.detach() for name, t in current.items()}
+
+
+def _autograd_step(
+    forward: Callable[..., torch.Tensor],
+    params: ParamStack,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    lr: float,
+) -> None:
+    """One SGD step of any model: vmap'd forward, autograd backward, in-place update."""
+    logits = forward(params, xb)  # [D, b, C]
+    losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+    tensors = list(params.values())
+    grads = torch.autograd.grad((losses.view_as(weight) * weight).sum(), tensors)
+    with torch.no_grad():  # in place: fresh multi-MB tensors per step cost page faults
+        torch._foreach_add_(tensors, grads, alpha=-lr)
+
+
+DenseLayers = list[tuple[str, str]]
+
+
+def dense_layers(model: nn.Module) -> DenseLayers | None:
+    """(weight, bias) names of a ``Sequential`` of Flatten/Linear/ReLU (softmax, mlp); None otherwise."""
+    if not isinstance(model, nn.Sequential):
+        return None
+    layers: DenseLayers = []
+    kinds = [type(m) for m in model]
+    for index, module in enumerate(model):
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            layers.append((f"{index}.weight", f"{index}.bias"))
+        elif not isinstance(module, (nn.Flatten, nn.ReLU)) or (isinstance(module, nn.Flatten) and index != 0):
+            return None
+    relus_between = kinds.count(nn.ReLU) == len(layers) - 1 and kinds[-1] is nn.Linear
+    return layers if layers and relus_between else None
+
+
+def _dense_step(
+    layers: DenseLayers, params: ParamStack, xb: torch.Tensor, yb: torch.Tensor, weight: torch.Tensor, *, lr: float
+) -> None:
+    """One SGD step of a ReLU MLP by hand, for every device at once.
+
+    Same arithmetic as autograd on the per-device mean cross-entropy, but each
+    weight update is one fused in-place ``baddbmm_`` (W -= lr * g^T h): no
+    gradient tensor is allocated, which on per-sample SGD is most of the cost
+    (measured ~3x faster than the vmap + autograd path on this machine).
+    """
+    inputs = [xb.flatten(2)]  # [D, b, features]
+    for position, (w, b) in enumerate(layers):
+        z = torch.baddbmm(params[b].unsqueeze(1), inputs[-1], params[w].transpose(1, 2))
+        inputs.append(torch.relu(z) if position < len(layers) - 1 else z)
+    grad = torch.softmax(inputs.pop(), dim=-1)  # d loss / d logits = weight * (p - onehot)
+    grad.scatter_add_(2, yb.unsqueeze(-1), -torch.ones_like(grad[..., :1]))
+    grad.mul_(weight.unsqueeze(-1))
+    for position in range(len(layers) - 1, -1, -1):
+        w, b = layers[position]
+        h = inputs[position]
+        below = torch.bmm(grad, params[w]) * (h > 0) if position > 0 else None  # before W changes
+        params[w].baddbmm_(grad.transpose(1, 2), h, alpha=-lr)
+        params[b].sub_(grad.sum(1), alpha=lr)
+        if below is not None:
+            grad = below

@@ -1,0 +1,130 @@
+"""Reference points that are not federated: pooled-data training and, for recommenders, popularity.
+
+- ``centralised``: every device's training data pooled on one server and trained
+  by the same code (``local_train``, one local epoch per round) from the same
+  initial model, so the gap to it is what federation costs. For a recommender
+  the pooled user table holds every device's users (device d's slot s is
+  pooled row d * U + s), so each user is still scored with its own embedding.
+  Bytes: each device uploads its raw data once, in round 1 (two int32 ids per
+  interaction, or a float32 sample and an int64 label).
+- ``popularity``: ranks every user's test candidates by how many training
+  interactions each item has (the "ItemPop" baseline of He et al., 2017);
+  nothing is trained or sent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clients.classification.fleet import FleetData
+from clients.params import ParamStack
+from clients.recommendation.interactions import InteractionFleet, pool_fleet
+from clients.recommendation.metrics import DeviceModels, popularity_metrics
+from clients.train_config import TrainConfig
+from etree.core.errors import ProtocolError
+from etree.engine.protocol import Protocol, RoundCost
+from etree.engine.registry import register_protocol
+from etree.engine.workload import Workload
+from etree.network.model import NetworkModel
+from etree.trees.servers import choose_server
+
+INTERACTION_BYTES = 8  # a (user, item) pair as two int32 ids
+
+
+def pool_samples(data: FleetData) -> FleetData:
+    """Every device's samples as one device's."""
+    valid = torch.arange(data.capacity).unsqueeze(0) < data.counts.unsqueeze(1)
+    return FleetData(data.x[valid].unsqueeze(0), data.y[valid].unsqueeze(0), data.counts.sum().view(1))
+
+
+class CentralisedProtocol(Protocol):
+    """One model trained on the pooled data of every device (see the module docstring)."""
+
+    def __init__(self, label: str, *, lr: float | None, batch_size: int | None, server: str | int) -> None:
+        super().__init__(label)
+        self._lr = lr
+        self._batch_size = batch_size
+        self._server = server
+
+    def setup(self, workload: Workload) -> None:
+        self.workload = workload
+        self.network = NetworkModel(workload.graph)
+        self.server = choose_server(workload, self.network, self._server, self.label)
+        self.config = TrainConfig(
+            self._lr if self._lr is not None else workload.train.lr,
+            workload.train.local_epochs,
+            self._batch_size if self._batch_size is not None else workload.train.batch_size,
+        )
+        data = workload.data
+        self.params: ParamStack = {name: t.unsqueeze(0).clone() for name, t in workload.initial.items()}
+        if isinstance(data, InteractionFleet):
+            self.pooled: FleetData | InteractionFleet = pool_fleet(data)
+            self.upload = int(data.counts.sum()) * INTERACTION_BYTES
+            for name in workload.private:  # every device's user slots, each from the common initial rows
+                self.params[name] = self.params[name].repeat(1, data.devices, *[1] * (self.params[name].dim() - 2))
+        else:
+            self.pooled = pool_samples(data)
+            per_sample = data.x[0, 0].numel() * data.x.element_size() + data.y.element_size()
+            self.upload = int(data.counts.sum()) * per_sample
+
+    def run_round(self, round_index: int) -> RoundCost:
+        self.params = self.workload.train_devices(
+            self.params, torch.tensor([0]), round_index, config=self.config, data=self.pooled
+        )
+        flops = float(self.workload.epoch_flops.sum())
+        duration = float(self.network.compute_s(np.array([self.server]), np.array([flops]))[0])
+        if round_index > 1:
+            return RoundCost(duration, 0, 0)
+        senders = int(np.sum(np.arange(self.workload.devices) != self.server))
+        return RoundCost(duration, self.upload, senders)
+
+    def evaluation_models(self) -> ParamStack:
+        return self.workload.shared(self.params)
+
+    def device_models(self) -> DeviceModels:
+        data = self.workload.data
+        assert isinstance(data, InteractionFleet)
+        private = {
+            name: self.params[name][0].reshape(data.devices, data.slots, *self.params[name].shape[2:])
+            for name in self.workload.private
+        }
+        devices = torch.arange(data.devices)
+        return DeviceModels(self.evaluation_models(), torch.zeros_like(devices), private, devices)
+
+
+class PopularityProtocol(Protocol):
+    """Item popularity over the pooled training interactions; constant over rounds."""
+
+    def setup(self, workload: Workload) -> None:
+        if not isinstance(workload.data, InteractionFleet):
+            raise ProtocolError(f"protocols.{self.label}: popularity ranks items; it needs a recommender workload")
+        self.metrics = popularity_metrics(workload.data)
+
+    def run_round(self, round_index: int) -> RoundCost:
+        return RoundCost(0.0, 0, 0)
+
+    def evaluation_models(self) -> ParamStack:
+        raise ProtocolError(f"protocols.{self.label}: popularity has no model")
+
+    def evaluate(self, workload: Workload) -> dict[str, float]:
+        return dict(self.metrics)
+
+
+@register_protocol("centralised")
+def centralised(
+    label: str, *, lr: float | None = None, batch_size: int | None = None, server: str | int = "auto"
+) -> Protocol:
+    """Pooled-data training by the same code; ``lr``/``batch_size`` default to ``[train]``'s
+    (a large pooled epoch usually wants a larger batch)."""
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
+        raise ProtocolError(f"protocols.{label}.lr: got {lr!r}; must be a number > 0")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ProtocolError(f"protocols.{label}.batch_size: got {batch_size!r}; must be an integer >= 1")
+    return CentralisedProtocol(label, lr=None if lr is None else float(lr), batch_size=batch_size, server=server)
+
+
+@register_protocol("popularity")
+def popularity(label: str) -> Protocol:
+    """The popularity (ItemPop) baseline for recommender workloads."""
+    return PopularityProtocol(label)

@@ -1,0 +1,512 @@
+"""FedAvg on the real Flower simulation engine: an independent check of the in-engine FedAvg.
+
+A ``ServerApp`` runs ``flwr.serverapp.strategy.FedAvg`` (McMahan et al.,
+AISTATS 2017, Algorithm 1, Flower's own implementation) and a ``ClientApp``
+trains one device with the same code the engine uses (``local_train`` on a
+stack of one: a device's random stream depends only on (seed, round, device
+id), so it trains exactly as it would inside the whole fleet), on Flower's
+Ray backend. Supernode ``partition-id`` i is device i.
+
+Fitting Flower to the round-by-round ``Protocol`` interface: Flower owns its
+round loop, so ``setup`` runs the whole simulation (``workload.rounds``
+rounds) and keeps the global model after every round (``evaluate_fn`` sees
+each); ``run_round(r)`` installs round r's model and charges the simulated
+time and bytes that in-engine FedAvg charges for the same round (a star tree
+to the same server, timed by ``etree.trees.timing`` on the run's clock), so curves are comparable.
+Flower's real wall-clock goes to the log only, never into metrics.
+
+Models with private parameters (a recommender's user embeddings,
+``Workload.private``): each node keeps its own rows in Flower's per-node
+``context.state`` (a ``RecordDict`` that the simulation engine stores per node
+and hands back with the node's next message), trains the global shared model
+with them, stores the trained rows back and replies with the shared parameters
+only (item embeddings and dense weights), so Flower's FedAvg never receives,
+let alone averages, a user row; ``FlowerRun.sent`` lists every array name the
+server received, for tests to check. Evaluation needs each device's rows as
+trained under Flower (every device scores its own users, as in the in-engine
+protocols): each node also logs its rows after every round it trained in
+``context.state``, and after the last round the ServerApp sends one
+evaluation-only ``query.private_rows`` message per node that returns the log.
+That query is the simulator reading the devices for its metrics, not protocol
+traffic: it is sent after training has ended, is not aggregated and is not
+counted in ``bytes_sent``.
+
+Choices the comparison forces:
+
+* Weighting: Flower's FedAvg weights by ``num-examples``. ``weighted=True``
+  (the default, Flower's behaviour) sends true example counts;
+  ``weighted=False`` sends 1 per device, the unweighted mean of the E-Tree
+  paper's FL baseline.
+* Sampling: full participation is the default and trains every device each
+  round through Flower's own sampling. With ``participation < 1`` Flower's
+  sampling cannot be made reproducible by seeding Python's ``random``: node
+  ids come from ``os.urandom``, so the same draw picks other devices each run.
+  Instead the ServerApp first asks every node its ``partition-id`` (one
+  ``query`` message each), and a FedAvg whose ``configure_train`` is replaced
+  sends the round's training messages to exactly the devices the in-engine
+  FedAvg samples (``participants``: the same counter-based draw from
+  ``workload.seed``). Aggregation stays Flower's.
+* A guest that leaves no trace: telemetry, update checks and Ray usage stats
+  are off and Ray runs on loopback only (``etree.backends.ray_guest``, shared with the
+  Ray training backend); ``benchmarks/check_no_outbound.py`` checks this with strace.
+  Ray is started here rather than by Flower's backend so that a failure is one
+  clear ProtocolError before any Flower thread exists (inside ``run_simulation``
+  the ServerApp thread would be left waiting for replies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+
+from clients.classification.fleet import FleetData
+from clients.params import ParamStack, replicate
+from clients.recommendation.interactions import InteractionFleet
+from clients.recommendation.metrics import DeviceModels
+from etree.backends.local import local_train
+from etree.backends.ray_guest import guest_environment, start_loopback_ray
+from etree.core.errors import ProtocolError
+from etree.engine.protocol import Protocol, RoundCost
+from etree.engine.registry import register_protocol
+from etree.engine.sampling import participants
+from etree.engine.workload import Workload
+from etree.network.model import NetworkModel
+from etree.trees.servers import choose_server
+from etree.trees.timing import TreeTiming, round_messages
+from etree.trees.tree import AggregationTree, star_tree
+
+logger = logging.getLogger(__name__)
+
+# Flower warnings every run of this adapter triggers on purpose; anything else still shows.
+_EXPECTED_FLOWER_WARNINGS = (
+    "The `run_simulation` function is deprecated",  # the Python entry point still works in 1.41
+    "fraction_evaluate is set to 0.0",  # evaluation is done in-engine on the captured global models
+)
+
+
+@dataclass(frozen=True)
+class FlowerRun:
+    """What one Flower simulation produced."""
+
+    global_models: list[ParamStack]  # index r: the global model after round r (0: initial; shared parameters)
+    trained: list[list[int]]  # index r-1: the devices whose replies Flower aggregated in round r
+    wall_s: float  # real seconds of run_simulation, for logs only
+    ray_session_dir: str  # Ray's session folder: its logs, and the name its processes carry
+    sent: frozenset[str]  # every array name in the train replies the server received
+    private_rows: dict[int, dict[str, torch.Tensor]]  # device -> its logged rows "<name>@<round>" (evaluation only)
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in _EXPECTED_FLOWER_WARNINGS)
+
+
+@contextlib.contextmanager
+def _quiet_flower_logs() -> Iterator[None]:
+    """Flower logs INFO lines in ANSI colour by default: keep warnings and errors, plain."""
+    from flwr.supercore.logger import ConsoleHandler
+
+    flwr_logger = logging.getLogger("flwr")
+    chatty = [flwr_logger, logging.getLogger("alembic")]  # alembic: Flower's in-memory state database
+    levels = [chatty_logger.level for chatty_logger in chatty]
+    consoles = [h for h in flwr_logger.handlers if isinstance(h, ConsoleHandler)]
+    colours = [h.colored for h in consoles]
+    drop = _DropExpected()
+    for chatty_logger in chatty:
+        chatty_logger.setLevel(logging.WARNING)
+    flwr_logger.addFilter(drop)
+    for handler in consoles:
+        handler.colored = False
+    try:
+        yield
+    finally:
+        for chatty_logger, level in zip(chatty, levels, strict=True):
+            chatty_logger.setLevel(level)
+        flwr_logger.removeFilter(drop)
+        for handler, colour in zip(consoles, colours, strict=True):
+            handler.colored = colour
+
+
+def _client_payload(workload: Workload, weighted: bool) -> dict[str, Any]:
+    """What every ClientApp call needs, shipped once into Ray's object store.
+
+    A plain dict of torch and ``clients`` objects, so that unpickling it in a
+    Ray actor imports neither ``etree`` nor what ``etree`` pulls in (seconds per actor).
+    """
+    return {
+        "model": workload.model,
+        "data": workload.data,
+        "train": workload.train,
+        "seed": workload.seed,
+        "weighted": weighted,
+        "private": {name: workload.initial[name] for name in sorted(workload.private)},  # rows before round 1
+    }
+
+
+def _client_app(payload_ref: Any) -> Any:
+    """A ClientApp whose ``train`` runs the engine's local training on its own device.
+
+    Its functions reach only ``torch``, ``clients`` and ``flwr`` (see ``_client_payload``), so the
+    helpers are nested here: a module-level one would make Ray's actors import ``etree``.
+    A node's private rows live in ``context.state``: ``"private"`` holds the rows it trains with,
+    ``"private-history"`` the rows after each round it trained (``<name>@<round>``), read only
+    by the evaluation-only ``query.private_rows``.
+    """
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    def own_rows(context: Any, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The node's private rows: as it last trained them, or the initial model's before round 1."""
+        kept = context.state.array_records.get("private")
+        return initial if kept is None else dict(kept.to_torch_state_dict())
+
+    def keep_rows(context: Any, rows: dict[str, torch.Tensor], server_round: int) -> None:
+        """Store the trained rows in the node's state and log them under this round."""
+        context.state["private"] = ArrayRecord(rows)
+        logged = context.state.array_records.get("private-history")
+        history = {} if logged is None else dict(logged.to_torch_state_dict())
+        history.update({f"{name}@{server_round}": tensor for name, tensor in rows.items()})
+        context.state["private-history"] = ArrayRecord(history)
+
+    @app.train()
+    def train(message: Message, context: Any) -> Message:
+        import ray
+
+        payload = ray.get(payload_ref)
+        data: FleetData | InteractionFleet = payload["data"]
+        device = int(context.node_config["partition-id"])
+        arrays = message.content.array_records["arrays"].to_torch_state_dict()
+        own = own_rows(context, payload["private"]) if payload["private"] else {}
+        stack = {name: tensor.unsqueeze(0) for name, tensor in (arrays | own).items()}
+        server_round = cast(int, message.content.config_records["config"]["server-round"])
+        trained = local_train(
+            payload["model"],
+            stack,
+            data,
+            torch.tensor([device]),
+            payload["train"],
+            seed=payload["seed"],
+            round_index=server_round,
+        )
+        if own:  # private rows stay on the node: never in the reply
+            keep_rows(context, {name: trained[name][0] for name in own}, server_round)
+        examples = int(data.counts[device]) if payload["weighted"] else 1
+        reply = RecordDict(
+            {
+                "arrays": ArrayRecord({name: tensor[0] for name, tensor in trained.items() if name not in own}),
+                "metrics": MetricRecord({"num-examples": examples, "partition-id": device}),
+            }
+        )
+        return Message(reply, reply_to=message)
+
+    @app.query()
+    def query(message: Message, context: Any) -> Message:
+        device = int(context.node_config["partition-id"])
+        return Message(RecordDict({"node": MetricRecord({"partition-id": device})}), reply_to=message)
+
+    @app.query("private_rows")
+    def private_rows(message: Message, context: Any) -> Message:
+        """Evaluation only, after the last round: the node's logged private rows (not protocol traffic)."""
+        device = int(context.node_config["partition-id"])
+        content = RecordDict({"node": MetricRecord({"partition-id": device})})
+        logged = context.state.array_records.get("private-history")
+        if logged is not None:
+            content["history"] = logged
+        return Message(content, reply_to=message)
+
+    return app
+
+
+def _server_app(
+    workload: Workload,
+    participation: float,
+    label: str,
+    captured: list[ParamStack],
+    trained: list[list[int]],
+    sent: set[str],
+    private_rows: dict[int, dict[str, torch.Tensor]],
+) -> Any:
+    """A ServerApp running Flower's FedAvg for ``workload.rounds`` rounds, keeping every global model
+    (and, with private parameters, reading the nodes' logged rows once the rounds are over)."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    devices = workload.devices
+    count = len(participants(workload.seed, 1, devices, participation))
+
+    def record_trained(replies: list[RecordDict], weight_key: str) -> MetricRecord:
+        """Called once per round with the replies Flower aggregates: note whose they were."""
+        trained.append(sorted(cast(int, next(iter(r.metric_records.values()))["partition-id"]) for r in replies))
+        sent.update(name for r in replies for record in r.array_records.values() for name in record)
+        return MetricRecord({"clients": len(replies)})
+
+    def keep_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower's centralised evaluation hook: keep the model (accuracy is measured in-engine),
+        and stop the run at the first round whose aggregate missed a device (Flower would go on)."""
+        if server_round > 0:
+            _check_round(workload, participation, label, server_round, trained)
+        captured.append({name: t.clone() for name, t in arrays.to_torch_state_dict().items()})
+        return None
+
+    class SeededFedAvg(FedAvg):
+        """Flower's FedAvg, training the in-engine FedAvg's sampled devices instead of a random draw."""
+
+        def __init__(self, node_of_device: dict[int, int], **options: Any) -> None:
+            super().__init__(**options)
+            self.node_of_device = node_of_device
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> list[Message]:
+            config["server-round"] = server_round
+            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+            chosen = participants(workload.seed, server_round, devices, participation)
+            return [
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=self.node_of_device[int(d)])
+                for d in chosen
+            ]
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Any) -> None:
+        options: dict[str, Any] = {
+            "fraction_train": participation,
+            "fraction_evaluate": 0.0,
+            "min_train_nodes": count,
+            "min_evaluate_nodes": 0,
+            "min_available_nodes": devices,
+            "train_metrics_aggr_fn": record_trained,
+        }
+        if participation >= 1:
+            strategy = FedAvg(**options)
+        else:
+            strategy = SeededFedAvg(_map_devices(grid, devices, label), **options)
+        initial = ArrayRecord({name: tensor.clone() for name, tensor in workload.shared(workload.initial).items()})
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=workload.rounds, evaluate_fn=keep_global)
+        if workload.private:
+            private_rows.update(_collect_private_rows(grid, devices, label))
+
+    return app
+
+
+def _check_round(
+    workload: Workload, participation: float, label: str, round_index: int, trained: list[list[int]]
+) -> None:
+    """Flower aggregated round ``round_index`` from exactly the devices the in-engine FedAvg samples.
+
+    Flower drops a failed ClientApp's reply and averages the rest; a baseline
+    that silently lost devices would not be FedAvg's, so that is an error.
+    """
+    expected = participants(workload.seed, round_index, workload.devices, participation).tolist()
+    got = trained[round_index - 1] if len(trained) >= round_index else []
+    if got != expected:
+        raise ProtocolError(
+            f"protocols.{label}: Flower aggregated devices {got} in round {round_index}, expected {expected} "
+            f"(a ClientApp failed; see the flwr log above)"
+        )
+
+
+def _map_devices(grid: Any, devices: int, label: str) -> dict[int, int]:
+    """Ask every supernode its partition id (node ids are random): device -> node id."""
+    from flwr.app import Message, MessageType, RecordDict
+
+    while len(nodes := sorted(grid.get_node_ids())) < devices:  # supernodes register after the ServerApp starts
+        time.sleep(0.1)
+    queries = [Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    node_of_device: dict[int, int] = {}
+    for reply in grid.send_and_receive(queries):
+        if reply.has_error():
+            reason = reply.error.reason
+            raise ProtocolError(f"protocols.{label}: a supernode failed to report its partition id ({reason})")
+        device = cast(int, reply.content.metric_records["node"]["partition-id"])
+        node_of_device[device] = reply.metadata.src_node_id
+    if sorted(node_of_device) != list(range(devices)):
+        raise ProtocolError(
+            f"protocols.{label}: supernodes reported partitions {sorted(node_of_device)}, expected 0..{devices - 1}"
+        )
+    return node_of_device
+
+
+def _collect_private_rows(grid: Any, devices: int, label: str) -> dict[int, dict[str, torch.Tensor]]:
+    """Evaluation only, after the last round: every node's logged private rows, by device.
+
+    The simulator reads the devices to score them; this is not FedAvg traffic
+    (nothing is aggregated, and the protocol's ``bytes_sent`` never counts it).
+    """
+    from flwr.app import Message, MessageType, RecordDict
+
+    nodes = sorted(grid.get_node_ids())
+    queries = [
+        Message(content=RecordDict(), message_type=f"{MessageType.QUERY}.private_rows", dst_node_id=n) for n in nodes
+    ]
+    rows: dict[int, dict[str, torch.Tensor]] = {}
+    for reply in grid.send_and_receive(queries):
+        if reply.has_error():
+            raise ProtocolError(
+                f"protocols.{label}: a supernode failed to report its private rows ({reply.error.reason})"
+            )
+        device = cast(int, reply.content.metric_records["node"]["partition-id"])
+        history = reply.content.array_records.get("history")
+        rows[device] = {} if history is None else dict(history.to_torch_state_dict())
+    if sorted(rows) != list(range(devices)):
+        raise ProtocolError(
+            f"protocols.{label}: private rows came from devices {sorted(rows)}, expected 0..{devices - 1}"
+        )
+    return rows
+
+
+def run_flower_fedavg(
+    workload: Workload,
+    *,
+    participation: float = 1.0,
+    weighted: bool = True,
+    num_cpus: int | None = None,
+    label: str = "flower",
+) -> FlowerRun:
+    """Run Flower's FedAvg for ``workload.rounds`` rounds on its Ray backend and return every global model."""
+    cores = num_cpus or len(os.sched_getaffinity(0))
+    captured: list[ParamStack] = []
+    trained: list[list[int]] = []
+    sent: set[str] = set()
+    private_rows: dict[int, dict[str, torch.Tensor]] = {}
+    with guest_environment():
+        with warnings.catch_warnings():  # flwr's CLI dependency (typer) warns about click on import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import flwr.supercore.telemetry as telemetry
+            import ray
+            from flwr.simulation import run_simulation
+
+        telemetry.FLWR_TELEMETRY_ENABLED = "0"  # read once at import: an earlier import may have seen "1"
+        with _quiet_flower_logs():
+            init_args, session_dir = start_loopback_ray(
+                cores,
+                field=f"protocols.{label}",
+                engine="Flower's Ray backend",
+                busy="Flower's backend shuts Ray down when it finishes, so run the flower protocol in a process "
+                'of its own (and not with backend.kind = "ray")',
+            )
+            try:
+                payload = ray.put(_client_payload(workload, weighted))
+                started = time.perf_counter()
+                run_simulation(
+                    server_app=_server_app(workload, participation, label, captured, trained, sent, private_rows),
+                    client_app=_client_app(payload),
+                    num_supernodes=workload.devices,
+                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
+                )
+                wall = time.perf_counter() - started
+            finally:
+                if ray.is_initialized():  # Flower shuts Ray down itself unless it failed first
+                    ray.shutdown()
+    logger.info(
+        "flower: %d rounds on %d devices took %.1f s of real time (Ray on %d CPUs, logs in %s)",
+        workload.rounds,
+        workload.devices,
+        wall,
+        cores,
+        session_dir,
+    )
+    return FlowerRun(captured, trained, wall, session_dir, frozenset(sent), private_rows)
+
+
+def _rows_by_round(
+    logged: dict[int, dict[str, torch.Tensor]], private: frozenset[str], label: str
+) -> dict[int, tuple[torch.Tensor, ParamStack]]:
+    """The nodes' logs (device -> ``{"<name>@<round>": rows}``) regrouped by round: the devices that
+    trained in it and their rows stacked in that device order."""
+    by_round: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+    for device in sorted(logged):
+        for key, tensor in logged[device].items():
+            name, _, round_text = key.rpartition("@")
+            if name not in private or not round_text.isdigit():
+                raise ProtocolError(f"protocols.{label}: device {device} logged {key!r}, not a private row")
+            by_round.setdefault(int(round_text), {}).setdefault(device, {})[name] = tensor
+    out: dict[int, tuple[torch.Tensor, ParamStack]] = {}
+    for round_index, rows in sorted(by_round.items()):
+        devices = sorted(rows)
+        stacked = {name: torch.stack([rows[d][name] for d in devices]) for name in sorted(private)}
+        out[round_index] = (torch.tensor(devices, dtype=torch.int64), stacked)
+    return out
+
+
+class FlowerFedAvg(Protocol):
+    """FedAvg run by Flower in ``setup``; rounds replayed with in-engine FedAvg's simulated costs."""
+
+    def __init__(self, label: str, *, server: str | int, participation: float, weighted: bool) -> None:
+        super().__init__(label)
+        if not 0 < participation <= 1:
+            raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
+        self._server = server
+        self._participation = participation
+        self._weighted = weighted
+
+    def setup(self, workload: Workload) -> None:
+        self.workload = workload
+        self.network = NetworkModel(workload.graph)
+        server = choose_server(workload, self.network, self._server, self.label)
+        self.tree: AggregationTree = star_tree(workload.devices, server)
+        self.network.prepare(int(h) for h in self.tree.heads[0])
+        self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
+        self.run = run_flower_fedavg(
+            workload, participation=self._participation, weighted=self._weighted, label=self.label
+        )
+        for index in range(1, workload.rounds + 1):  # the ServerApp checked already; a run cut short shows here
+            _check_round(workload, self._participation, self.label, index, self.run.trained)
+        self.current = self.run.global_models[0]
+        # each device's private rows as the evaluation replays the rounds: the initial ones, then its logged ones
+        self.private = replicate({name: workload.initial[name] for name in sorted(workload.private)}, workload.devices)
+        self._logged = _rows_by_round(self.run.private_rows, workload.private, self.label)
+
+    def run_round(self, round_index: int) -> RoundCost:
+        if round_index >= len(self.run.global_models):
+            raise ProtocolError(
+                f"protocols.{self.label}: round {round_index} was not simulated; Flower ran "
+                f"workload.rounds={len(self.run.global_models) - 1} rounds in setup"
+            )
+        self.current = self.run.global_models[round_index]
+        if round_index in self._logged:  # the devices that trained this round hold new private rows
+            devices, rows = self._logged[round_index]
+            for name, tensor in rows.items():
+                self.private[name][devices] = tensor
+        ids = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
+        size = self.workload.wire_bytes
+        if not self.workload.network.timing:
+            messages = round_messages(self.tree, ids, 1, True)
+            return RoundCost(0.0, messages * size, messages, {"root_aggregations": 1.0}, clocked=True)
+        # the in-engine FedAvg's timing, on this run's clock: the same numbers (faults are not replayed)
+        outcome = self.timing.run_round(ids, self.network.compute_s(ids, self.workload.epoch_flops[ids]), 1, True)
+        messages = outcome.messages
+        return RoundCost(outcome.duration_s, messages * size, messages, {"root_aggregations": 1.0}, clocked=True)
+
+    def evaluation_models(self) -> ParamStack:
+        return {name: tensor.unsqueeze(0) for name, tensor in self.current.items()}
+
+    def device_models(self) -> DeviceModels:
+        """Every device with Flower's global model and its own rows as Flower's nodes trained them
+        (read after the run by the evaluation-only query; see the module docstring)."""
+        devices = torch.arange(self.workload.devices)
+        return DeviceModels(
+            self.evaluation_models(), torch.zeros(len(devices), dtype=torch.int64), self.private, devices
+        )
+
+    def structure(self) -> dict[str, Any]:
+        return self.tree.to_dict()
+
+
+@register_protocol("flower")
+def flower(label: str, *, server: str | int = "auto", participation: float = 1.0, weighted: bool = True) -> Protocol:
+    """FedAvg on Flower's simulation engine; ``weighted=True`` is Flower's example-count weighting."""
+    return FlowerFedAvg(label, server=server, participation=participation, weighted=weighted)

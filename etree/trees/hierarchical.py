@@ -1,0 +1,293 @@
+"""Synchronous aggregation over a tree: the round engine of E-Tree, HierFAVG, grouped and FedAvg.
+
+One round (E-Tree paper, Sec. III; the authors' ``ETreeLearningProtocol``):
+every participating device trains one local epoch; each layer-1 head averages
+its cluster (itself included); layer l >= 2 aggregates only on rounds where
+``round % prod(ratios[:l]) == 0``; the highest layer that aggregated pushes its
+model down its subtree, overwriting the models below. FedAvg is the one-layer
+tree with ratio 1 whose head is the server.
+
+Public nodes (E-Tree paper, Fig. 5 and Algorithm 2) belong to every layer-1
+cluster: each trains once per round, its model enters every head's average
+(one duplicated row per extra cluster in the segment mean) and its messages
+to and from the other heads are counted. On the way down it takes the plain
+mean of the K cluster models (``public_merge="mean"``) or its home cluster's
+model (``"home"``); both are GUESSes, the paper does not say.
+
+Numerics are batched (segment means over the device stack); timing runs on
+the protocol run's simpy clock (``etree.trees.timing``): a head starts
+aggregating when its slowest expected child has arrived, and the network
+decides which updates make it (dropout, deadlines, crashes). Only delivered
+updates are averaged; a device whose update was lost takes the model pushed
+down, as if it had not trained. ``failover`` (E-Tree) replaces a crashed head
+by the next delay-medoid of its cluster; without it the cluster is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from clients.params import ParamStack, replicate
+from clients.recommendation.metrics import DeviceModels
+from etree.core.errors import ProtocolError
+from etree.engine.protocol import Protocol, RoundCost
+from etree.engine.sampling import participants
+from etree.engine.workload import Workload
+from etree.network.links import LinkLedger, LinkLoad
+from etree.network.model import NetworkModel
+from etree.trees.aggregation import broadcast, segment_mean
+from etree.trees.timing import TreeTiming, round_messages
+from etree.trees.tree import AggregationTree
+
+TreeBuilder = Callable[[Workload, NetworkModel], AggregationTree]
+
+
+class TreeProtocol(Protocol):
+    """Hierarchical synchronous aggregation over the tree that ``build_tree`` returns.
+
+    ``ratios[l]`` is how many layer-l aggregations happen per layer-(l+1) one
+    (``ratios[0]`` is local epochs per layer-1 aggregation, normally 1).
+    ``weighted`` averages by example counts instead of the paper's plain mean.
+    ``participation`` is the fraction of devices sampled to train each round.
+    ``report`` picks what ``accuracy`` means: ``"root"`` evaluates the model the
+    root would hold if it aggregated now; ``"clusters"`` the mean over the
+    layer-1 cluster models (the paper's metric for grouped aggregation).
+    ``public_merge`` is how the tree's public nodes take the models coming
+    down (``"mean"`` of the K cluster models, or their ``"home"`` cluster's).
+    ``describe``, if given, replaces ``tree.to_dict()`` as ``structure()``.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        build_tree: TreeBuilder,
+        *,
+        ratios: Sequence[int] | None = None,
+        weighted: bool = False,
+        participation: float = 1.0,
+        report: str = "root",
+        top_aggregates: bool = True,
+        public_merge: str = "mean",
+        describe: Callable[[], dict[str, Any]] | None = None,
+        failover: bool = False,
+    ) -> None:
+        super().__init__(label)
+        if ratios is not None and any(int(r) < 1 for r in ratios):
+            raise ProtocolError(f"protocols.{label}.ratios: got {list(ratios)}; every ratio must be >= 1")
+        if not 0 < participation <= 1:
+            raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
+        if report not in ("root", "clusters"):
+            raise ProtocolError(f"protocols.{label}.report: got {report!r}; choose 'root' or 'clusters'")
+        if public_merge not in ("mean", "home"):
+            raise ProtocolError(f"protocols.{label}.public_merge: got {public_merge!r}; choose 'mean' or 'home'")
+        self._build_tree = build_tree
+        self._ratios = None if ratios is None else [int(r) for r in ratios]
+        self._weighted = weighted
+        self._participation = participation
+        self._report = report
+        self._top_aggregates = top_aggregates
+        self._public_merge = public_merge
+        self._describe = describe
+        self._failover = failover
+
+    # -- hooks -------------------------------------------------------------
+    def setup(self, workload: Workload) -> None:
+        self.workload = workload
+        self.network = NetworkModel(workload.graph)
+        self.tree = self._build_tree(workload, self.network)
+        ratios = self._ratios or [1] * self.tree.depth
+        if len(ratios) != self.tree.depth:
+            raise ProtocolError(
+                f"protocols.{self.label}.ratios: got {ratios} for a tree of {self.tree.depth} layer(s); "
+                f"give one ratio per layer"
+            )
+        self.period = np.cumprod(ratios)  # layer l+1 aggregates every period[l] rounds
+        self.network.prepare(int(h) for heads in self.tree.heads for h in heads)
+        self.ancestors = [torch.from_numpy(self.tree.ancestors(layer)) for layer in range(1, self.tree.depth + 1)]
+        self.params = replicate(workload.initial, workload.devices)
+        self.weights = workload.data.counts.to(torch.float32) if self._weighted else None
+        self._setup_public()
+        self.ledger = LinkLedger(self.network, workload.wire_bytes)
+        self.timing = TreeTiming(
+            self.tree, self.network, self.clock, workload.wire_bytes, failover=self._failover, ledger=self.ledger
+        )
+        self._stale: tuple[torch.Tensor, ParamStack] | None = None  # late updates kept for the next aggregation
+        self._frozen: ParamStack | None = None  # the root's last model, once the root is lost for good
+
+    def run_round(self, round_index: int) -> RoundCost:
+        active = self._participants(round_index)
+        ids = active.numpy()
+        if self.workload.network.dropout > 0 or self.clock.dead or self.timing.lost[0]:
+            keep = ~self.clock.dropped(self.workload.seed, round_index, ids) & self.clock.alive_mask(ids)
+            ids = ids[keep & ~self.timing.orphaned(ids)]  # dropped, crashed and cut-off devices sit it out
+            active = torch.from_numpy(ids)
+        top = self._top_layer(round_index)
+        public_down = self._public_merge == "mean" and top < self.tree.depth
+        if self.workload.network.timing:
+            compute = self.network.compute_s(ids, self.workload.epoch_flops[ids])
+            outcome = self.timing.run_round(ids, compute, top, public_down)
+            self.tree = self.timing.tree
+            duration, messages, top = outcome.duration_s, outcome.messages, outcome.top
+            delivered, late = outcome.delivered, outcome.late
+        else:
+            duration, messages = 0.0, round_messages(self.tree, ids, top, public_down)
+            delivered, late = np.ones(len(ids), dtype=bool), np.zeros(len(ids), dtype=bool)
+        cost = RoundCost(duration, messages * self.workload.wire_bytes, messages, clocked=True)
+        if len(ids):
+            trained = self.workload.train_devices({k: v[active] for k, v in self.params.items()}, active, round_index)
+            kept = torch.from_numpy(delivered)
+            for name, tensor in trained.items():
+                self.params[name][active[kept]] = tensor[kept]
+            for name in self.workload.private:  # private rows never travel: a lost upload does not undo them
+                self.params[name][active] = trained[name]
+            if late.any() and self.workload.network.late == "stale":
+                self._keep_stale(
+                    active[torch.from_numpy(late)], {k: v[torch.from_numpy(late)] for k, v in trained.items()}
+                )
+        if self.timing.cap < self.tree.depth and self._frozen is None:
+            self._frozen = self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+        if top == 0:
+            return cost
+        levels = self._aggregate(active[torch.from_numpy(delivered)], top, stale=True)
+        pushed = broadcast(levels[top - 1], self.ancestors[top - 1])  # gathers: fresh tensors
+        if len(self.public) and self._public_merge == "mean" and top < self.tree.depth:
+            # each public node hears all K heads and keeps the plain mean of what they push down
+            # (after a root aggregation they all push the same model)
+            per_cluster = broadcast(levels[top - 1], self._cluster_ancestors[top - 1])
+            for name, tensor in pushed.items():
+                tensor[self.public] = per_cluster[name].mean(0)
+        # private parameters (a recommender's user embeddings) are never aggregated nor pushed down
+        self.params = pushed | {name: self.params[name] for name in self.workload.private}
+        events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
+        return RoundCost(cost.duration_s, cost.bytes_sent, cost.messages, events, clocked=True)
+
+    def evaluation_models(self) -> ParamStack:
+        if self._report == "clusters":
+            return self._aggregate(torch.arange(self.workload.devices), 1)[0]
+        if self._frozen is not None:  # no root any more: what it last held is all there is
+            return self._frozen
+        return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+
+    def device_models(self) -> DeviceModels:
+        """Every device with the shared model it would hold (the root's, or its cluster's
+        with ``report="clusters"``) and its own private rows."""
+        shared = self.evaluation_models()
+        devices = torch.arange(self.workload.devices)
+        row = self.ancestors[0] if self._report == "clusters" else torch.zeros(len(devices), dtype=torch.int64)
+        private = {name: self.params[name] for name in self.workload.private}
+        return DeviceModels(shared, row, private, devices)
+
+    def structure(self) -> dict[str, Any]:
+        return self._describe() if self._describe is not None else self.tree.to_dict()
+
+    def resolve_node(self, node: str | int) -> int | None:
+        """``server``/``root``: the tree's current root; ``head``: the live layer-1 head, not the root,
+        of the largest cluster (ties: smallest id; None if there is none); an int: that node."""
+        tree = self.timing.tree
+        if node in ("server", "root"):
+            return tree.root
+        if node == "head":
+            sizes = np.bincount(tree.parents[0], minlength=len(tree.heads[0]))
+            heads = [(-int(n), int(h)) for h, n in zip(tree.heads[0], sizes, strict=True)]
+            heads = sorted(c for c in heads if c[1] != tree.root and self.clock.alive(c[1]))
+            return heads[0][1] if heads else None
+        return node if isinstance(node, int) else None
+
+    def link_loads(self) -> LinkLoad:
+        return self.ledger.loads()
+
+    # -- numerics ----------------------------------------------------------
+    def _setup_public(self) -> None:
+        """Rows a public node adds to the layer-1 segment mean: one per cluster other than its home."""
+        tree = self.tree
+        clusters = len(tree.heads[0])
+        self.public = torch.from_numpy(np.asarray(tree.public, dtype=np.int64))
+        home = tree.parents[0][tree.public]
+        device = np.repeat(tree.public, clusters)
+        segment = np.tile(np.arange(clusters), len(tree.public))
+        other = segment != np.repeat(home, clusters)
+        self._extra_device = torch.from_numpy(device[other])
+        self._extra_segment = torch.from_numpy(segment[other])
+        # per layer l >= 1: the index of each layer-1 cluster's layer-l ancestor
+        self._cluster_ancestors: list[torch.Tensor] = []
+        index = np.arange(clusters)
+        for level in range(tree.depth):
+            if level > 0:
+                index = tree.parents[level][index]
+            self._cluster_ancestors.append(torch.from_numpy(index))
+
+    def _member_rows(self, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device row and layer-1 cluster of every aggregated model: each active device once,
+        then each active public node once more per cluster other than its home."""
+        clusters = self.ancestors[0][active]
+        if not len(self.public):
+            return active, clusters
+        present = torch.isin(self._extra_device, active)
+        return torch.cat([active, self._extra_device[present]]), torch.cat([clusters, self._extra_segment[present]])
+
+    def _participants(self, round_index: int) -> torch.Tensor:
+        chosen = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
+        return torch.from_numpy(chosen)
+
+    def _top_layer(self, round_index: int) -> int:
+        """Highest layer that aggregates this round (0: none)."""
+        layers = int(np.sum(round_index % self.period == 0))
+        if not self._top_aggregates:
+            layers = min(layers, self.tree.depth - 1)
+        return layers
+
+    def _keep_stale(self, devices: torch.Tensor, models: ParamStack) -> None:
+        """Hold late updates for the next aggregation (a device's newer late update replaces its older one)."""
+        if self._stale is not None:
+            old, held = self._stale
+            keep = ~torch.isin(old, devices)
+            devices = torch.cat([old[keep], devices])
+            models = {k: torch.cat([held[k][keep], v]) for k, v in models.items()}
+        self._stale = (devices, models)
+
+    def _aggregate(self, active: torch.Tensor, top: int, *, stale: bool = False) -> list[ParamStack]:
+        """Models of layers 1..top aggregated from the active devices; silent clusters keep theirs.
+        With ``stale``, held late updates join their home cluster's average (and are used up)."""
+        rows, clusters = self._member_rows(active)
+        members = {k: v[rows] for k, v in self.workload.shared(self.params).items()}
+        weights = None if self.weights is None else self.weights[rows]
+        if stale and self._stale is not None:
+            late, held = self._stale
+            self._stale = None
+            members = {k: torch.cat([v, held[k]]) for k, v in members.items()}
+            clusters = torch.cat([clusters, self.ancestors[0][late]])
+            rows = torch.cat([rows, late])
+            weights = None if self.weights is None else self.weights[rows]
+        count = len(self.tree.heads[0])
+        current = segment_mean(members, clusters, count, weights)
+        heard = torch.zeros(count, dtype=torch.bool)
+        heard[clusters] = True
+        if not bool(heard.all()):  # a cluster with no participant keeps the model its devices hold
+            held = broadcast(self.params, self._first_member(0))
+            current = {k: torch.where(heard.view(-1, *[1] * (v.dim() - 1)), v, held[k]) for k, v in current.items()}
+        levels = [current]
+        sizes = torch.zeros(count).index_add_(0, clusters, weights if weights is not None else torch.ones(len(rows)))
+        for level in range(1, top):
+            parent = torch.from_numpy(self.tree.parents[level])
+            above = len(self.tree.heads[level])
+            current = segment_mean(current, parent, above, sizes if self._weighted else None)
+            sizes = torch.zeros(above).index_add_(0, parent, sizes)
+            levels.append(current)
+        return levels
+
+    def _first_member(self, level: int) -> torch.Tensor:
+        """One device of each layer-(level+1) cluster, to read the model the cluster holds."""
+        ancestors = self.ancestors[level].numpy()
+        first = np.full(len(self.tree.heads[level]), -1)
+        order = np.arange(len(ancestors))[::-1]
+        first[ancestors[order]] = order
+        return torch.from_numpy(first)
+
+    # -- timing ------------------------------------------------------------
+    def _compute_time(self, active: torch.Tensor) -> float:
+        ids = active.numpy()
+        return float(self.network.compute_s(ids, self.workload.epoch_flops[ids]).max(initial=0.0))

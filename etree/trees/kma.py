@@ -1,0 +1,344 @@
+"""KMA clustering ("K-Means and Average accuracy"): E-Tree paper, Algorithm 1.
+
+Devices are grouped by network delay, but a device joins a nearby cluster
+only while that cluster's mean pre-trained accuracy stays within ``delta`` of
+the global mean; the mean accuracy stands in for "the cluster's label mix
+looks like the global mix". Details follow the authors' Java code
+(``TopoUtil.getGraphPartitionByDistanceAndDataDistribution``, branch ``lu``):
+every iteration clears the clusters and seeds each with its centre; devices are
+visited in id order, centres skipped; each tries its ``K // 2`` nearest centres
+in delay order and joins the first whose incrementally updated mean stays
+within ``delta``, else its nearest centre; centres then move to the
+delay-medoid of their cluster (Eq. 1); stop when the centres are stable or
+after ``max_iterations`` (100 in the authors' config).
+
+Also here: plain delay k-medoids (the authors' clustering mode 0, the paper's
+"K-Means" baseline and the rule for the tree's upper layers) and the
+pre-training that produces the accuracies.
+
+Scale: only the K centres' single-source delay rows are computed per iteration
+(never an N x N matrix). A medoid needs the delays from its candidates to the
+cluster's members; they are exact from a Dijkstra cut off at r + R on the
+ball of radius 2r + R around the old centre (R: its farthest member, r: its
+farthest candidate), since every such shortest path is at most r + R long and
+stays inside that ball. A member set met before keeps its medoid, and a
+cycle of centre sets is detected and read off rather than iterated.
+On 10,000 random-geometric devices with K = 100 the whole tree takes seconds
+(``benchmarks/bench_tree_build.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.sparse import csgraph
+
+from clients.classification.evaluation import evaluate_models
+from clients.params import replicate
+from clients.recommendation.interactions import InteractionFleet
+from clients.recommendation.metrics import public_hit_rate
+from clients.train_config import TrainConfig
+from etree.core.errors import ProtocolError
+from etree.engine.workload import Workload
+from etree.network.model import NetworkModel
+from etree.network.placement import MAX_CANDIDATES
+from topologies import latency_csgraph
+
+_SLACK = 1e-9  # relative slack on the ball radius, against round-off in summed latencies
+
+#: ``assign(delays [k, n], centre positions [k]) -> (labels [n], accepted [n])``
+Assignment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """A partition of ``nodes`` (graph ids) into ``len(centres)`` clusters.
+
+    ``labels[i]`` is the cluster of ``nodes[i]``; ``centres[k]`` is cluster k's
+    delay-medoid (Eq. 1), always one of its members. ``accepted[i]`` says the
+    KMA accuracy rule placed node i (False: it fell back to its nearest centre,
+    or the clustering ignores accuracy).
+    """
+
+    nodes: np.ndarray
+    labels: np.ndarray
+    centres: np.ndarray
+    iterations: int
+    converged: bool
+    accepted: np.ndarray
+
+    def members(self, cluster: int) -> np.ndarray:
+        """Graph ids of the members of ``cluster`` (sorted)."""
+        return self.nodes[self.labels == cluster]
+
+
+class DelayOracle:
+    """Shortest-path delays on one graph, computed on demand and never as an N x N matrix."""
+
+    def __init__(self, graph: nx.Graph) -> None:
+        self.latency: sparse.csr_array = latency_csgraph(graph)
+        self.nodes = graph.number_of_nodes()
+        self.positions = np.array([graph.nodes[n]["pos"] for n in range(self.nodes)], dtype=np.float64)
+        self._rows: dict[int, np.ndarray] = {}
+
+    def rows(self, sources: np.ndarray) -> np.ndarray:
+        """Full delay rows ``[len(sources), n]``; rows of sources not asked for last time are dropped."""
+        keep = {int(s) for s in sources}
+        missing = sorted(keep - self._rows.keys())
+        if missing:
+            dist = csgraph.dijkstra(self.latency, directed=True, indices=missing)
+            for row, source in zip(np.atleast_2d(dist), missing, strict=True):
+                self._rows[source] = row
+        self._rows = {s: r for s, r in self._rows.items() if s in keep}
+        return np.stack([self._rows[int(s)] for s in sources]) if len(sources) else np.empty((0, self.nodes))
+
+    def medoid(
+        self, members: np.ndarray, centre_row: np.ndarray | None = None, max_candidates: int = MAX_CANDIDATES
+    ) -> int:
+        """Eq. 1: the member with the least total delay to all members (ties: smallest id).
+
+        Candidates as in :func:`etree.network.placement.delay_medoid`: every member up to
+        ``max_candidates``, else those nearest the members' positional centroid.
+        ``centre_row`` (delays from any node, e.g. the old centre) bounds the search to a ball.
+        """
+        members = np.sort(np.asarray(members, dtype=np.int64))
+        candidates = members
+        if len(members) > max_candidates:
+            gap = np.linalg.norm(self.positions[members] - self.positions[members].mean(0), axis=1)
+            candidates = members[np.sort(np.argsort(gap, kind="stable")[:max_candidates])]
+        if len(members) == 1:
+            return int(members[0])
+        graph, local_c, local_m, limit = self.latency, candidates, members, np.inf
+        if centre_row is not None and np.isfinite(reach := float(centre_row[members].max())):
+            # d(j, i) <= d(j, c) + d(c, i) <= near + reach for candidate j and member i, and every
+            # node v on such a shortest path has d(c, v) <= d(c, j) + d(j, v) <= 2 near + reach
+            near = float(centre_row[candidates].max())
+            ball = np.flatnonzero(centre_row <= (2 * near + reach) * (1 + _SLACK) + 1e-12)
+            if len(ball) < self.nodes:
+                graph = self.latency[ball][:, ball]
+                local_c, local_m = np.searchsorted(ball, candidates), np.searchsorted(ball, members)
+            limit = (near + reach) * (1 + _SLACK) + 1e-12
+        dist = np.atleast_2d(csgraph.dijkstra(graph, directed=True, indices=local_c, limit=limit))
+        totals = dist[:, local_m].sum(1)
+        return int(candidates[int(np.argmin(totals))])
+
+
+# -- assignment steps (pure functions) ---------------------------------------
+def nearest_assignment(delays: np.ndarray, centre_positions: np.ndarray) -> np.ndarray:
+    """k-medoids assignment: each node joins its nearest centre (ties: the lower cluster index).
+
+    ``delays[k, i]``: delay from centre k to node i; ``centre_positions[k]`` is
+    the index of centre k among the nodes, which always stays in its own cluster.
+    """
+    labels = np.argmin(delays, axis=0)
+    labels[centre_positions] = np.arange(len(centre_positions))
+    return labels
+
+
+def kma_assignment(
+    delays: np.ndarray,
+    centre_positions: np.ndarray,
+    accuracy: np.ndarray,
+    delta: float,
+    candidates: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One KMA assignment pass (Algorithm 1, lines 6-16): returns (labels, accepted).
+
+    Clusters start as their centres alone; nodes are visited in index order
+    (centres skipped). Node i tries the ``candidates`` nearest centres, nearest
+    first, and joins the first whose running mean accuracy, updated
+    incrementally as in the authors' code, stays strictly within ``delta`` of
+    the global mean; otherwise it joins its nearest centre (``accepted`` False).
+    The loop is sequential by nature (each join moves a running mean), so it is
+    plain Python over precomputed lists.
+    """
+    k, n = delays.shape
+    candidates = max(1, min(candidates, k))
+    order = np.argsort(delays.T, axis=1, kind="stable")[:, :candidates].tolist()
+    acc = accuracy.astype(np.float64).tolist()
+    target = float(np.mean(accuracy))
+    labels = [-1] * n
+    accepted = [False] * n
+    means = [acc[int(c)] for c in centre_positions]
+    sizes = [1] * k
+    for cluster, c in enumerate(centre_positions.tolist()):
+        labels[c] = cluster
+    for i in range(n):
+        if labels[i] >= 0:  # a centre
+            continue
+        a = acc[i]
+        choice, mean = -1, 0.0
+        for j in order[i]:
+            mean = (means[j] * sizes[j] + a) / (sizes[j] + 1)
+            if abs(mean - target) < delta:
+                choice = j
+                accepted[i] = True
+                break
+        if choice < 0:
+            choice = order[i][0]
+            mean = (means[choice] * sizes[choice] + a) / (sizes[choice] + 1)
+        means[choice] = mean
+        sizes[choice] += 1
+        labels[i] = choice
+    return np.array(labels, dtype=np.int64), np.array(accepted, dtype=bool)
+
+
+# -- iterated clusterings ----------------------------------------------------
+def _iterate(
+    oracle: DelayOracle,
+    nodes: np.ndarray,
+    k: int,
+    assign: Assignment,
+    max_iterations: int,
+    rng: np.random.Generator,
+) -> Clustering:
+    """Shared k-medoids loop: assign, move centres to medoids, until stable or ``max_iterations``.
+
+    An iteration is a deterministic function of the centres, so once a set of
+    centres comes back the loop is periodic: the outcome at ``max_iterations``
+    is then read off the cycle instead of being recomputed (same result as
+    running to the cap, as the authors' code does).
+    """
+    if not 1 <= k <= len(nodes):
+        raise ProtocolError(f"clustering: cannot make {k} clusters of {len(nodes)} nodes")
+    if max_iterations < 1:
+        raise ProtocolError(f"clustering: max_iterations must be >= 1, got {max_iterations}")
+    centre_pos = np.sort(rng.choice(len(nodes), size=k, replace=False))
+    seen: dict[bytes, int] = {}  # centres (as bytes) -> the iteration that started from them
+    outcomes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per iteration: labels, accepted, new centres
+    medoids: dict[bytes, int] = {}  # member set (as bytes) -> its medoid
+    for iteration in range(max_iterations):
+        state = centre_pos.tobytes()
+        if state in seen:  # periodic from here on
+            first = seen[state]
+            labels, accepted, final = outcomes[first + (max_iterations - 1 - first) % (iteration - first)]
+            return Clustering(nodes, labels, nodes[final], max_iterations, False, accepted)
+        seen[state] = iteration
+        rows = oracle.rows(nodes[centre_pos])
+        labels, accepted = assign(rows[:, nodes], centre_pos)
+        order = np.argsort(labels, kind="stable")
+        groups = np.split(nodes[order], np.cumsum(np.bincount(labels, minlength=k))[:-1])
+        new = np.empty(k, dtype=np.int64)
+        for c, group in enumerate(groups):  # a member set seen before keeps its medoid
+            key = group.tobytes()
+            if key not in medoids:
+                medoids[key] = oracle.medoid(group, rows[c])
+            new[c] = medoids[key]
+        new_pos = np.searchsorted(nodes, new)
+        outcomes.append((labels, accepted, new_pos))
+        if np.array_equal(new_pos, centre_pos):
+            return Clustering(nodes, labels, nodes[new_pos], iteration + 1, True, accepted)
+        centre_pos = new_pos
+    labels, accepted, final = outcomes[-1]
+    return Clustering(nodes, labels, nodes[final], max_iterations, False, accepted)
+
+
+def _default_candidates(k: int, candidates: int | None) -> int:
+    return max(1, k // 2) if candidates is None else max(1, int(candidates))
+
+
+def kma_clusters(
+    network: NetworkModel,
+    accuracy: np.ndarray,
+    k: int,
+    *,
+    delta: float = 0.09,
+    max_iterations: int = 100,
+    candidates: int | None = None,
+    rng: np.random.Generator,
+    oracle: DelayOracle | None = None,
+) -> Clustering:
+    """Algorithm 1 (KMA) over devices ``0..len(accuracy)-1``.
+
+    ``accuracy[i]`` is device i's pre-trained accuracy; ``candidates`` is how
+    many nearest centres a device tries (default ``K // 2``, the authors'
+    ``checkNearestRatio = 2``); ``delta`` 0.09 is the authors' value. Initial
+    centres are ``k`` distinct devices drawn from ``rng``.
+    """
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    nodes = np.arange(len(accuracy), dtype=np.int64)
+    tries = _default_candidates(k, candidates)
+
+    def assign(delays: np.ndarray, centre_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return kma_assignment(delays, centre_pos, accuracy, delta, tries)
+
+    return _iterate(oracle or DelayOracle(network.graph), nodes, k, assign, max_iterations, rng)
+
+
+def kmedoids_clusters(
+    network: NetworkModel,
+    k: int,
+    *,
+    nodes: np.ndarray | None = None,
+    max_iterations: int = 100,
+    rng: np.random.Generator,
+    oracle: DelayOracle | None = None,
+) -> Clustering:
+    """Delay-only k-medoids of ``nodes`` (default: every graph node), the paper's "K-Means" baseline.
+
+    Alternates nearest-centre assignment and the medoid update (Eq. 1), as the
+    authors' clustering mode 0; E-Tree's upper layers cluster heads with it.
+    """
+    oracle = oracle or DelayOracle(network.graph)
+    chosen = np.arange(oracle.nodes, dtype=np.int64) if nodes is None else np.sort(np.asarray(nodes, dtype=np.int64))
+
+    def assign(delays: np.ndarray, centre_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return nearest_assignment(delays, centre_pos), np.zeros(delays.shape[1], dtype=bool)
+
+    if k == 1:  # one cluster: its head is the medoid of everything, no iteration needed
+        labels = np.zeros(len(chosen), dtype=np.int64)
+        return Clustering(chosen, labels, np.array([oracle.medoid(chosen)]), 1, True, np.zeros(len(chosen), bool))
+    return _iterate(oracle, chosen, k, assign, max_iterations, rng)
+
+
+# -- pre-training (Algorithm 1, lines 2-3) ------------------------------------
+PRETRAIN_ROUND = 0  # the engine numbers rounds from 1, so round 0's sample orders are free for pre-training
+
+
+def public_test_set(workload: Workload, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded subset of at most ``samples`` rows of the workload's test set.
+
+    GUESS: the paper used a separate 1000-sample public file (``uciHAR_tes_1000.dat``);
+    we have no such file, so the public set is drawn from the test set.
+    """
+    total = len(workload.y_test)
+    rows = np.sort(np.random.default_rng(seed).choice(total, size=min(samples, total), replace=False))
+    index = torch.from_numpy(rows)
+    return workload.x_test[index], workload.y_test[index]
+
+
+def pretrain_accuracy(workload: Workload, epochs: int, public_x: torch.Tensor, public_y: torch.Tensor) -> np.ndarray:
+    """Algorithm 1, lines 2-3: every device trains ``epochs`` local epochs from the initial model alone,
+    then its model's 0-1 accuracy on the public set is measured. The models are thrown away."""
+    config = TrainConfig(workload.train.lr, epochs, workload.train.batch_size)
+    devices = torch.arange(workload.devices)
+    trained = workload.train_devices(
+        replicate(workload.initial, workload.devices), devices, PRETRAIN_ROUND, config=config
+    )
+    accuracy, _ = evaluate_models(workload.model, trained, public_x, public_y)
+    return accuracy
+
+
+def pretrain_hit_rate(workload: Workload, epochs: int, samples: int, seed: int) -> np.ndarray:
+    """Algorithm 1's pre-trained score for a recommender: each device trains ``epochs`` local epochs
+    alone, then its shared parameters score HR@10 on public users (``public_hit_rate``).
+
+    GUESS: the public users are a seeded sample of at most ``samples`` of the fleet's users (their
+    training histories and held-out items), as the classifiers' public set is drawn from the test
+    set; a device's private rows are never used, the public user is folded in from item rows.
+    """
+    data = workload.data
+    if not isinstance(data, InteractionFleet):
+        raise ProtocolError("pretrain_hit_rate: needs interaction data (a recommender workload)")
+    slots = torch.nonzero(data.user_valid)  # [users, 2]: (device, slot)
+    rows = np.sort(np.random.default_rng(seed).choice(len(slots), size=min(samples, len(slots)), replace=False))
+    config = TrainConfig(workload.train.lr, epochs, workload.train.batch_size)
+    trained = workload.train_devices(
+        replicate(workload.initial, workload.devices), torch.arange(workload.devices), PRETRAIN_ROUND, config=config
+    )
+    return public_hit_rate(workload.model, workload.shared(trained), data, slots[torch.from_numpy(rows)])
