@@ -13,16 +13,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clients.errors import ClientsError
-from etree.core.errors import ProtocolError
+from etree.core.errors import EtreeError
 from experiments.spec import SpecError
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so `etree --help` stays fast
     from etree.engine.workload import Workload
     from experiments.spec import Spec
-from topologies.errors import TopologyError
 
-USER_ERRORS = (SpecError, TopologyError, ClientsError, ProtocolError, FileNotFoundError)
 DEFAULT_SPEC = Path(__file__).with_name("default.toml")
 DEFAULT_CHECKPOINT_EVERY = 5
 
@@ -218,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3, "sweep": _sweep}[args.command](args)
-    except USER_ERRORS as exc:
+    except EtreeError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from etree.core.errors import EtreeError
+
+
+class RunFolderError(EtreeError):
+    """A run folder that is missing or does not hold what ``etree run`` writes."""
+
 
 @dataclass(frozen=True)
 class Series:
@@ -23,7 +29,7 @@ def read_metrics(run_dir: Path) -> dict[str, dict[str, Series]]:
     """``{protocol: {metric: Series}}`` in file order (protocols keep the spec's order)."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"run folder: '{path}' not found; pass a folder written by 'etree run'")
+        raise RunFolderError(f"run folder: '{path}' not found; pass a folder written by 'etree run'")
     rows: dict[str, dict[str, list[tuple[int, float, int, float]]]] = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
@@ -50,3 +56,8 @@ def headline_metric(series: dict[str, dict[str, Series]]) -> str:
     if any("accuracy" in m for m in series.values()):
         return "accuracy"
     return "hr@10" if any("hr@10" in m for m in series.values()) else "accuracy"
+
+
+def metric_label(metric: str) -> str:
+    """How plots and tables name a metric: ``test accuracy``, ``test HR@10``."""
+    return f"test {metric}" if metric == "accuracy" else f"test {metric.upper()}"

@@ -219,7 +219,7 @@ def run_spec(
     result.records = list(start.records)
     result.structures = dict(start.structures)
     result.links = dict(start.links)
-    headline = "hr@10" if workload.recommender else "accuracy"
+    reported: dict[str, int] = {}
 
     def checkpoint(index: int, snapshot: RunSnapshot | None) -> None:
         if on_checkpoint is not None:
@@ -239,7 +239,8 @@ def run_spec(
                 on_checkpoint=partial(checkpoint, index),
             ):
                 result.records.append(record)
-                if on_round is not None and record.metric == headline:
+                if on_round is not None and record.round != reported.get(protocol.label):
+                    reported[protocol.label] = record.round  # the first record of each reported round
                     on_round(protocol.label, record.round, record.sim_time_s)
             structure = protocol.structure()
             if structure is not None:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from etree.backends import BACKENDS
+from etree.core.errors import EtreeError
 from etree.network.conditions import (
     CRASH_ROLES,
     DISTRIBUTIONS,
@@ -59,7 +60,7 @@ from etree.network.conditions import (
 )
 
 
-class SpecError(ValueError):
+class SpecError(EtreeError):
     """A spec that cannot be run; the message names the field and the rule."""
 
 

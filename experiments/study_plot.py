@@ -33,7 +33,7 @@ from experiments.metrics_file import Series, first_reaching
 from experiments.plots import save_figure
 from experiments.results import atomic_write_text
 from experiments.summary import TARGET_FRACTION
-from experiments.sweep_files import SWEEP_FILE, confidence, sweep_runs
+from experiments.sweep_files import SWEEP_FILE, confidence, sweep_headline, sweep_runs
 
 FIGURE = "study.png"
 TABLE = "study.md"
@@ -78,16 +78,18 @@ def _k(text: str) -> int:
 def collect(out: Path) -> list[tuple[str, str, str, int | None, int, Series]]:
     """``(panel, protocol, variant, K, seed, accuracy)`` per protocol run of the sweep, each once."""
     found: dict[tuple[str, str, str, int | None, int], Series] = {}
-    for _, overrides, seed, runs in sweep_runs(out):
+    everything = sweep_runs(out)
+    metric = sweep_headline(everything)
+    for _, overrides, seed, runs in everything:
         pairs = [o.split("=", 1) for o in overrides]
         panel = ", ".join(v for k, v in pairs if not k.startswith("protocols.")) or "all"
         for protocol, metrics in runs.items():
-            if "accuracy" not in metrics:
+            if metric not in metrics:
                 continue
             own = [(k.split(".", 2)[2], v) for k, v in pairs if k.startswith(f"protocols.{protocol}.")]
             k = next((_k(v) for key, v in own if key == "groups"), None)
             variant = " ".join(f"{key}={v}" for key, v in own if key != "groups")
-            found.setdefault((panel, protocol, variant, k, seed), metrics["accuracy"])
+            found.setdefault((panel, protocol, variant, k, seed), metrics[metric])
     return [(*key, series) for key, series in found.items()]
 
 

@@ -8,21 +8,31 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from experiments.metrics_file import Series, read_metrics
+from experiments.metrics_file import Series, headline_metric, read_metrics
 
 SWEEP_FILE = "sweep.json"
 
 
-def sweep_curves(out: Path) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
-    """``{setting label: {protocol: [(rounds, accuracy) per seed]}}`` read from the run folders."""
-    curves: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
-    for _, overrides, _, runs in sweep_runs(out):
+Curves = dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]
+
+
+def sweep_headline(runs: list[tuple[str, list[str], int, dict[str, dict[str, Series]]]]) -> str:
+    """The headline metric of a sweep's runs (:func:`experiments.metrics_file.headline_metric`)."""
+    return headline_metric({f"{name}/{seed}/{p}": m for name, _, seed, r in runs for p, m in r.items()})
+
+
+def sweep_curves(out: Path) -> tuple[str, Curves]:
+    """The sweep's headline metric and ``{setting label: {protocol: [(rounds, values) per seed]}}``."""
+    runs = sweep_runs(out)
+    metric = sweep_headline(runs)
+    curves: Curves = {}
+    for _, overrides, _, by_protocol in runs:
         label = "\n".join(overrides) or "base"
-        for protocol, metrics in runs.items():
-            if "accuracy" in metrics:
-                s = metrics["accuracy"]
+        for protocol, metrics in by_protocol.items():
+            if metric in metrics:
+                s = metrics[metric]
                 curves.setdefault(label, {}).setdefault(protocol, []).append((s.rounds, s.values))
-    return curves
+    return metric, curves
 
 
 def sweep_runs(out: Path) -> list[tuple[str, list[str], int, dict[str, dict[str, Series]]]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments.metrics_file import metric_label
 from experiments.plots import save_figure
 from experiments.results import atomic_write_text
 from experiments.study_plot import write_study
@@ -15,15 +16,15 @@ from experiments.sweep_files import confidence, sweep_curves
 
 
 def summarise_sweep(out: Path) -> list[Path]:
-    """Write ``summary.md`` (final accuracy, mean ± 95% CI) and ``sweep.png`` (mean curves, 95% bands),
-    and the K study when the grid varies a protocol's ``groups``; return the files written."""
-    curves = sweep_curves(out)
+    """Write ``summary.md`` (final headline metric, mean ± 95% CI) and ``sweep.png`` (mean curves,
+    95% bands), and the K study when the grid varies a protocol's ``groups``; return the files written."""
+    metric, curves = sweep_curves(out)
     lines = [
         "# Sweep",
         "",
-        "Final test accuracy, mean ± 95% confidence half-width over seeds (Student t).",
+        f"Final {metric_label(metric)}, mean ± 95% confidence half-width over seeds (Student t).",
         "",
-        "| setting | protocol | seeds | final accuracy |",
+        f"| setting | protocol | seeds | final {metric} |",
         "|---|---|---|---|",
     ]
     panels = max(1, len(curves))
@@ -48,7 +49,7 @@ def summarise_sweep(out: Path) -> list[Path]:
             lines.append(f"| {setting} | {protocol} | {len(runs)} | {final} |")
         ax.set_title(name, fontsize=7)
         ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
