@@ -20,7 +20,7 @@ from etree.protocols.gossip import (
     pair_transfer_s,
     random_peers,
 )
-from topologies import build_topology
+from topologies import build_topology, latency_csgraph
 
 
 def _workload(digits, parts, graph, *, seed=1, rounds=15):
@@ -92,7 +92,7 @@ def test_random_peers_are_others_and_reproducible():
 
 def test_graph_overlay_is_the_device_neighbourhood():
     graph = build_topology("random_geometric", 60, seed=4)
-    indptr, indices, relayed = graph_overlay(graph, 60)
+    indptr, indices, relayed = graph_overlay(latency_csgraph(graph), 60)
     assert len(relayed) == 0
     for d in range(60):
         assert sorted(indices[indptr[d] : indptr[d + 1]].tolist()) == sorted(graph.neighbors(d))
@@ -102,7 +102,7 @@ def test_graph_overlay_is_the_device_neighbourhood():
 
 def test_edge_cloud_devices_gossip_through_their_edge_server():
     graph = build_topology("edge_cloud", 80, seed=2, edge_servers=3)
-    indptr, indices, relayed = graph_overlay(graph, 80)
+    indptr, indices, relayed = graph_overlay(latency_csgraph(graph), 80)
     assert len(relayed) == 80  # devices touch only edge servers
     server = {d: next(iter(graph.neighbors(d))) for d in range(80)}
     for d in range(80):
@@ -115,15 +115,15 @@ def test_a_device_with_nobody_to_gossip_with_is_refused():
     graph = nx.Graph()
     graph.add_edges_from([(0, 3), (1, 3), (2, 4), (3, 4)], latency_s=0.01)
     with pytest.raises(ProtocolError, match=r"device\(s\) \[2\].*overlay = 'random'"):
-        graph_overlay(graph, 3)
+        graph_overlay(latency_csgraph(graph), 3)
 
 
 # -- timing -----------------------------------------------------------------
 def _check_pair_times(graph, devices, nbytes):
     net = NetworkModel(graph)
-    indptr, indices, _ = graph_overlay(graph, devices)
+    indptr, indices, _ = graph_overlay(latency_csgraph(graph), devices)
     sources = np.repeat(np.arange(devices), np.diff(indptr))
-    bound = overlay_bounds(graph, devices, indptr, indices)
+    bound = overlay_bounds(latency_csgraph(graph), devices, indptr, indices)
     fast = pair_transfer_s(graph, sources, indices, nbytes, bound)
     exact = np.array([net.transfer_s(int(s), np.array([t]), nbytes)[0] for s, t in zip(sources, indices, strict=True)])
     assert np.allclose(fast, exact, rtol=1e-12)

@@ -19,6 +19,7 @@ from topologies.delays import (
     delay_matrix,
     delays_from,
     latency_csgraph,
+    pair_path_costs,
     path_bottleneck_bandwidth,
 )
 from topologies.errors import TopologyError
@@ -34,6 +35,7 @@ __all__ = [
     "delay_matrix",
     "delays_from",
     "latency_csgraph",
+    "pair_path_costs",
     "path_bottleneck_bandwidth",
     "register_topology",
     "topology_options",

@@ -142,3 +142,48 @@ def path_bottleneck_bandwidth(graph: nx.Graph, sources: Sequence[int]) -> NDArra
     result = best[:, :n]
     result[~np.isfinite(dist)] = 0.0
     return result
+
+
+PAIR_BATCH = 256  # Dijkstra sources per batch in :func:`pair_path_costs`
+
+
+def pair_path_costs(
+    graph: nx.Graph, sources: NDArray[np.int64], targets: NDArray[np.int64], bound: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Latency and bottleneck bandwidth of the latency-shortest path of each pair ``(sources[i], targets[i])``.
+
+    For many scattered pairs (a gossip overlay), where full rows would be wasted:
+    ``bound[i]`` is an upper bound on pair i's latency, so each Dijkstra stops there
+    (``limit``) and costs a local ball. The bottleneck is read by walking each pair's
+    predecessor chain, all pairs at once.
+    """
+    latency, bandwidth = _link_matrices(graph, "latency_s", "bandwidth_bps")
+    n = graph.number_of_nodes()
+    codes = np.repeat(np.arange(n, dtype=np.int64), np.diff(bandwidth.indptr)) * n + bandwidth.indices
+    path_latency = np.empty(len(sources))
+    bottleneck = np.empty(len(sources))
+    order = np.argsort(bound, kind="stable")  # batches of similar bounds keep each ball small
+    unique, first = np.unique(sources[order], return_index=True)
+    by_bound = unique[np.argsort(first, kind="stable")]
+    for start in range(0, len(by_bound), PAIR_BATCH):
+        chunk = by_bound[start : start + PAIR_BATCH]
+        row_of = np.full(n, -1)
+        row_of[chunk] = np.arange(len(chunk))
+        mine = np.flatnonzero(row_of[sources] >= 0)
+        limit = float(bound[mine].max()) * (1 + 1e-9)
+        dist, pred = csgraph.dijkstra(latency, directed=True, indices=chunk, limit=limit, return_predecessors=True)
+        rows, here, goal = row_of[sources[mine]], targets[mine].copy(), sources[mine]
+        found = dist[rows, here]
+        if not np.all(np.isfinite(found)):
+            raise TopologyError("bound: a pair is farther than its latency bound; pass an upper bound per pair")
+        slowest = np.full(len(mine), np.inf)
+        walking = here != goal
+        while walking.any():
+            step = np.flatnonzero(walking)
+            back = pred[rows[step], here[step]]
+            link = np.searchsorted(codes, back * n + here[step])
+            slowest[step] = np.minimum(slowest[step], bandwidth.data[link])
+            here[step] = back
+            walking = here != goal
+        path_latency[mine], bottleneck[mine] = found, slowest
+    return path_latency, bottleneck

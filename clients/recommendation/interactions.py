@@ -234,20 +234,27 @@ def fetch_grouplens(source: str, dest: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+@register_dataset("movielens")
 def load_movielens(
     *,
     seed: int,
+    devices: int = 0,
     source: str = "ml-100k",
     path: str = "",
     min_rating: float = 0.0,
     test_negatives: int = 99,
     full_ranking: bool = False,
 ) -> Interactions:
-    """MovieLens (Harper & Konstan, 2015) or a CSV as implicit feedback, split leave-last-out.
+    """The ``movielens`` dataset: MovieLens (Harper & Konstan, 2015) or a CSV as implicit feedback, leave-last-out.
 
-    ``min_rating`` keeps only ratings at least that high (0: every rating is an
-    interaction, as in the NCF paper). ``full_ranking`` adds full-ranking metrics
-    next to the sampled ones.
+    ``source``: ``ml-100k`` (offline from recbole's files, else GroupLens),
+    ``ml-1m`` (GroupLens, cached) or ``csv`` (your file at ``path``). Devices
+    hold users: partition ``natural`` (one user per device) or ``iid`` (users
+    dealt evenly), so ``devices`` is unused here. ``min_rating`` keeps only ratings
+    at least that high (0: every rating is an interaction, as in the NCF paper).
+    ``full_ranking = true`` also logs ``hr@10_full``/``ndcg@10_full``: the held-out
+    item ranked against every item the user has not trained on (HR@10 and NDCG@10
+    stay the 99-negative NCF protocol).
     """
     threshold = check_float("data.min_rating", min_rating, 0.0, np.inf)
     full_ranking = check_bool("data.full_ranking", full_ranking)
@@ -388,34 +395,4 @@ def pool_fleet(fleet: InteractionFleet) -> InteractionFleet:
         fleet.test_items.reshape(1, devices * slots, -1),
         fleet.num_items,
         fleet.full_ranking,
-    )
-
-
-@register_dataset("movielens")
-def movielens_dataset(
-    *,
-    seed: int,
-    devices: int,
-    source: str = "ml-100k",
-    path: str = "",
-    min_rating: float = 0.0,
-    test_negatives: int = 99,
-    full_ranking: bool = False,
-) -> Interactions:
-    """MovieLens as implicit feedback, leave-last-out, for recommenders (the ``movielens`` dataset).
-
-    ``source``: ``ml-100k`` (offline from recbole's files, else GroupLens),
-    ``ml-1m`` (GroupLens, cached) or ``csv`` (your file at ``path``). Devices
-    hold users: partition ``natural`` (one user per device) or ``iid`` (users
-    dealt evenly). ``full_ranking = true`` also logs ``hr@10_full``/``ndcg@10_full``: the
-    held-out item ranked against every item the user has not trained on (HR@10 and
-    NDCG@10 stay the 99-negative NCF protocol). ``devices`` is unused here.
-    """
-    return load_movielens(
-        seed=seed,
-        source=source,
-        path=path,
-        min_rating=min_rating,
-        test_negatives=test_negatives,
-        full_ranking=full_ranking,
     )

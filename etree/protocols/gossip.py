@@ -72,7 +72,6 @@ import networkx as nx
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.sparse import csgraph
 
 from clients.classification.evaluation import voted_accuracy
 from clients.params import ParamStack, replicate, select
@@ -83,7 +82,7 @@ from etree.engine.protocol import Protocol, RoundCost, own_models
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
-from topologies import delays_from, latency_csgraph, path_bottleneck_bandwidth
+from topologies import delays_from, latency_csgraph, pair_path_costs, path_bottleneck_bandwidth
 
 OVERLAYS = ("graph", "random")
 MERGES = ("average", "age")
@@ -183,7 +182,7 @@ def neighbour_choice(seed: int, round_index: int, indptr: np.ndarray) -> np.ndar
 
 
 # -- overlay ----------------------------------------------------------------
-def graph_overlay(graph: nx.Graph, devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def graph_overlay(latency: sparse.csr_array, devices: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each device's gossip partners as CSR arrays ``(indptr, indices)``, and who needed a relay.
 
     Partners are the device's device neighbours in the graph. A device with
@@ -192,8 +191,7 @@ def graph_overlay(graph: nx.Graph, devices: int) -> tuple[np.ndarray, np.ndarray
     relayed by that node (e.g. its edge server). A device with neither has no
     one to gossip with: a ``ProtocolError`` suggests ``overlay="random"``.
     """
-    adjacency = latency_csgraph(graph)
-    linked = (adjacency != 0).astype(np.int64)
+    linked = (latency != 0).astype(np.int64)
     direct = sparse.csr_array(linked[:devices, :devices])
     relayed = np.flatnonzero(np.diff(direct.indptr) == 0)
     rows, cols = direct.tocoo().coords
@@ -219,50 +217,15 @@ def graph_overlay(graph: nx.Graph, devices: int) -> tuple[np.ndarray, np.ndarray
 def pair_transfer_s(
     graph: nx.Graph, sources: np.ndarray, targets: np.ndarray, nbytes: int, bound: np.ndarray
 ) -> np.ndarray:
-    """Transfer time (latency-shortest path + bits / its bottleneck bandwidth) for each pair.
-
-    Same cost model as ``NetworkModel.transfer_s``, but for many scattered
-    pairs: ``bound[i]`` is an upper bound on the latency of pair i, so Dijkstra
-    stops there (``limit``) and costs a local ball, not a full row. The
-    bottleneck is read by walking each pair's predecessor chain, all pairs at once.
-    """
-    latency = latency_csgraph(graph)
-    bandwidth = nx.to_scipy_sparse_array(graph, nodelist=range(graph.number_of_nodes()), weight="bandwidth_bps")
-    bandwidth = sparse.csr_array(bandwidth)
-    bandwidth.sort_indices()
-    n = graph.number_of_nodes()
-    codes = np.repeat(np.arange(n, dtype=np.int64), np.diff(bandwidth.indptr)) * n + bandwidth.indices
-    out = np.empty(len(sources))
-    order = np.argsort(bound, kind="stable")  # batches of similar bounds keep each ball small
-    unique, first = np.unique(sources[order], return_index=True)
-    by_bound = unique[np.argsort(first, kind="stable")]
-    for start in range(0, len(by_bound), _CHUNK):
-        chunk = by_bound[start : start + _CHUNK]
-        row_of = np.full(n, -1)
-        row_of[chunk] = np.arange(len(chunk))
-        mine = np.flatnonzero(row_of[sources] >= 0)
-        limit = float(bound[mine].max()) * (1 + 1e-9)
-        dist, pred = csgraph.dijkstra(latency, directed=True, indices=chunk, limit=limit, return_predecessors=True)
-        rows, here, goal = row_of[sources[mine]], targets[mine].copy(), sources[mine]
-        found = dist[rows, here]
-        if not np.all(np.isfinite(found)):
-            raise ProtocolError("gossip: a pair is farther than its latency bound (internal error)")
-        slowest = np.full(len(mine), np.inf)
-        walking = here != goal
-        while walking.any():
-            step = np.flatnonzero(walking)
-            back = pred[rows[step], here[step]]
-            link = np.searchsorted(codes, back * n + here[step])
-            slowest[step] = np.minimum(slowest[step], bandwidth.data[link])
-            here[step] = back
-            walking = here != goal
-        out[mine] = found + 8.0 * nbytes / slowest
-    return out
+    """Transfer time of each pair, as ``NetworkModel.transfer_s`` charges it (latency-shortest path +
+    bits / its bottleneck bandwidth), from :func:`topologies.pair_path_costs` bounded by ``bound``."""
+    latency, bottleneck = pair_path_costs(graph, sources, targets, bound)
+    return latency + 8.0 * nbytes / bottleneck
 
 
-def overlay_bounds(graph: nx.Graph, devices: int, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """An upper bound on the path latency of each overlay pair: its direct link, or the two links via a relay."""
-    latency = latency_csgraph(graph)
+def overlay_bounds(latency: sparse.csr_array, devices: int, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """An upper bound on the path latency of each overlay pair: its direct link, or the two links via a relay
+    (``latency``: the topology's link latencies, :func:`topologies.latency_csgraph`)."""
     sources = np.repeat(np.arange(devices), np.diff(indptr))
     direct = np.asarray(latency[sources, indices]).ravel()
     relay_links = latency[:devices, devices:]
@@ -330,8 +293,9 @@ class GossipProtocol(Protocol):
         self.ready = self.network.compute_s(np.arange(devices), workload.epoch_flops)
         self.relayed = np.zeros(0, dtype=np.int64)
         if self._overlay == "graph":
-            self.indptr, self.indices, self.relayed = graph_overlay(workload.graph, devices)
-            bound = overlay_bounds(workload.graph, devices, self.indptr, self.indices)
+            latency = latency_csgraph(workload.graph)
+            self.indptr, self.indices, self.relayed = graph_overlay(latency, devices)
+            bound = overlay_bounds(latency, devices, self.indptr, self.indices)
             sources = np.repeat(np.arange(devices), np.diff(self.indptr))
             self.pair_time = pair_transfer_s(workload.graph, sources, self.indices, workload.wire_bytes, bound)
             typical = np.add.reduceat(self.pair_time, self.indptr[:-1]) / np.diff(self.indptr)
