@@ -106,23 +106,6 @@ def test_centres_are_delay_medoids_of_their_clusters(seed, method):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_oracle_medoid_matches_placement_delay_medoid(seed):
-    """The bounded-ball medoid of KMA is the project's Eq. 1 rule, also above 64 members."""
-    net = _network("random_geometric", 300, seed)
-    oracle = DelayOracle(net.graph)
-    rng = np.random.default_rng(seed)
-    centre = int(rng.integers(300))
-    row = oracle.rows(np.array([centre]))[0]
-    for size in (5, 40, 120):
-        members = np.union1d(np.argsort(row, kind="stable")[:size], [centre])  # a compact cluster
-        expected = delay_medoid(net, members)
-        assert oracle.medoid(members, row) == expected
-        assert oracle.medoid(members) == expected
-    scattered = np.union1d(rng.choice(300, 30, replace=False), [centre])
-    assert oracle.medoid(scattered, row) == delay_medoid(net, scattered)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
 def test_clustering_is_deterministic_per_generator_seed(seed):
     net = _network("random_links", 50, seed)
     accuracy = np.random.default_rng(seed).random(50)

@@ -75,14 +75,19 @@ class NetworkModel:
         """Seconds each node needs for ``flops`` floating-point operations."""
         return flops / self.compute_flops[nodes]
 
+    @property
+    def latency_graph(self) -> Any:
+        """The link latencies as a symmetric csgraph (:func:`topologies.latency_csgraph`), built once."""
+        if self._latency_matrix is None:
+            self._latency_matrix = latency_csgraph(self.graph)
+        return self._latency_matrix
+
     # -- paths ---------------------------------------------------------------
     def predecessors(self, source: int) -> np.ndarray:
         """The latency-shortest-path tree of ``source``: each node's predecessor (-9999 at the root)."""
         source = int(source)
         if source not in self._pred:
-            if self._latency_matrix is None:
-                self._latency_matrix = latency_csgraph(self.graph)
-            _, pred = csgraph.dijkstra(self._latency_matrix, directed=True, indices=[source], return_predecessors=True)
+            _, pred = csgraph.dijkstra(self.latency_graph, directed=True, indices=[source], return_predecessors=True)
             self._pred[source] = np.asarray(pred, dtype=np.int64).reshape(-1)
         return self._pred[source]
 

@@ -17,12 +17,10 @@ Also here: plain delay k-medoids (the authors' clustering mode 0, the paper's
 pre-training that produces the accuracies.
 
 Scale: only the K centres' single-source delay rows are computed per iteration
-(never an N x N matrix). A medoid needs the delays from its candidates to the
-cluster's members; they are exact from a Dijkstra cut off at r + R on the
-ball of radius 2r + R around the old centre (R: its farthest member, r: its
-farthest candidate), since every such shortest path is at most r + R long and
-stays inside that ball. A member set met before keeps its medoid, and a
-cycle of centre sets is detected and read off rather than iterated.
+(never an N x N matrix). Each medoid is exact, found by triangle-inequality
+pruning on a ball around the old centre (:func:`etree.network.placement.medoid`).
+A member set met before keeps its medoid, and a cycle of centre sets is
+detected and read off rather than iterated.
 On 10,000 random-geometric devices with K = 100 the whole tree takes seconds
 (``benchmarks/bench_tree_build.py``).
 """
@@ -46,10 +44,8 @@ from clients.train_config import TrainConfig
 from etree.core.errors import ProtocolError
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
-from etree.network.placement import MAX_CANDIDATES
+from etree.network.placement import medoid
 from topologies import latency_csgraph
-
-_SLACK = 1e-9  # relative slack on the ball radius, against round-off in summed latencies
 
 #: ``assign(delays [k, n], centre positions [k]) -> (labels [n], accepted [n])``
 Assignment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -97,35 +93,9 @@ class DelayOracle:
         self._rows = {s: r for s, r in self._rows.items() if s in keep}
         return np.stack([self._rows[int(s)] for s in sources]) if len(sources) else np.empty((0, self.nodes))
 
-    def medoid(
-        self, members: np.ndarray, centre_row: np.ndarray | None = None, max_candidates: int = MAX_CANDIDATES
-    ) -> int:
-        """Eq. 1: the member with the least total delay to all members (ties: smallest id).
-
-        Candidates as in :func:`etree.network.placement.delay_medoid`: every member up to
-        ``max_candidates``, else those nearest the members' positional centroid.
-        ``centre_row`` (delays from any node, e.g. the old centre) bounds the search to a ball.
-        """
-        members = np.sort(np.asarray(members, dtype=np.int64))
-        candidates = members
-        if len(members) > max_candidates:
-            gap = np.linalg.norm(self.positions[members] - self.positions[members].mean(0), axis=1)
-            candidates = members[np.sort(np.argsort(gap, kind="stable")[:max_candidates])]
-        if len(members) == 1:
-            return int(members[0])
-        graph, local_c, local_m, limit = self.latency, candidates, members, np.inf
-        if centre_row is not None and np.isfinite(reach := float(centre_row[members].max())):
-            # d(j, i) <= d(j, c) + d(c, i) <= near + reach for candidate j and member i, and every
-            # node v on such a shortest path has d(c, v) <= d(c, j) + d(j, v) <= 2 near + reach
-            near = float(centre_row[candidates].max())
-            ball = np.flatnonzero(centre_row <= (2 * near + reach) * (1 + _SLACK) + 1e-12)
-            if len(ball) < self.nodes:
-                graph = self.latency[ball][:, ball]
-                local_c, local_m = np.searchsorted(ball, candidates), np.searchsorted(ball, members)
-            limit = (near + reach) * (1 + _SLACK) + 1e-12
-        dist = np.atleast_2d(csgraph.dijkstra(graph, directed=True, indices=local_c, limit=limit))
-        totals = dist[:, local_m].sum(1)
-        return int(candidates[int(np.argmin(totals))])
+    def medoid(self, members: np.ndarray, centre_row: np.ndarray | None = None) -> int:
+        """Eq. 1, exactly (:func:`etree.network.placement.medoid`); ``centre_row``: delays from the old centre."""
+        return medoid(self.latency, members, centre_row)
 
 
 # -- assignment steps (pure functions) ---------------------------------------
