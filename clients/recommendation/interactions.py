@@ -34,13 +34,12 @@ import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clients.cache import cache_dir
+from clients.cache import cache_dir, packaged_file
 from clients.checks import check_bool, check_float, check_int
 from clients.datasets import register_dataset
 from clients.errors import ClientsError
@@ -157,15 +156,7 @@ def interactions_from_table(
 
 def recbole_ml100k_path() -> Path | None:
     """recbole's copy of ml-100k's interactions, if the package is installed (its code is never imported)."""
-    try:
-        dist = metadata.distribution("recbole")
-    except metadata.PackageNotFoundError:
-        return None
-    for file in dist.files or ():
-        if str(file).replace("\\", "/") == RECBOLE_INTER:
-            path = Path(str(dist.locate_file(file)))
-            return path if path.is_file() else None
-    return None
+    return packaged_file("recbole", RECBOLE_INTER)
 
 
 def read_atomic_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
