@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+from helpers import label_sharded_workload
 from scipy.sparse import csgraph
 
+from etree.core.errors import ProtocolError
 from etree.network.model import NetworkModel
-from etree.network.placement import BATCH, delay_medoid, medoid
+from etree.network.placement import BATCH, delay_centre, delay_medoid, medoid
+from etree.protocols import make_protocol
 from topologies import build_topology, latency_csgraph
 
 
@@ -42,3 +45,38 @@ def test_ties_go_to_the_smallest_id() -> None:
 def test_network_model_uses_the_same_rule() -> None:
     graph = build_topology("random_links", 300, seed=4)
     assert delay_medoid(NetworkModel(graph), np.arange(300)) == brute_force(latency_csgraph(graph), np.arange(300))
+
+
+@pytest.mark.parametrize("kind", ["random_links", "random_geometric"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_delay_centre_is_the_smallest_largest_delay(kind: str, seed: int) -> None:
+    """The authors' FL server rule: the node whose farthest device is nearest."""
+    graph = build_topology(kind, 300, seed=seed)
+    latency = latency_csgraph(graph)
+    rng = np.random.default_rng(seed)
+    for size in (3, 150, 300):
+        members = np.sort(rng.choice(300, size, replace=False))
+        dist = csgraph.dijkstra(latency, directed=True, indices=members)[:, members]
+        expected = int(members[int(np.argmin(dist.max(1)))])
+        assert delay_centre(NetworkModel(graph), members) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fedavg_server_is_the_authors_delay_centre_on_random_links(seed: int) -> None:
+    """FedAvg's server without a cloud node: smallest largest delay (``server = "medoid"``: Eq. 1)."""
+    graph = build_topology("random_links", 100, seed=seed)
+    workload = label_sharded_workload(100, seed, graph=graph)
+    dist = csgraph.dijkstra(latency_csgraph(graph), directed=True)
+    for server, expected in (("auto", dist.max(1).argmin()), ("medoid", dist.sum(1).argmin())):
+        protocol = make_protocol("fedavg", "f", {"server": server})
+        protocol.setup(workload)
+        assert protocol.structure()["root"] == int(expected)
+
+
+def test_fedavg_server_rules_are_checked() -> None:
+    graph = build_topology("random_links", 20, seed=0)
+    workload = label_sharded_workload(20, 0, graph=graph)
+    for server, message in (("cloud", "needs a topology with a cloud node"), ("middle", "choose one of")):
+        protocol = make_protocol("fedavg", "f", {"server": server})
+        with pytest.raises(ProtocolError, match=message):
+            protocol.setup(workload)
