@@ -11,7 +11,7 @@ root aggregating every round. Times: the workload
 build, each protocol's set-up (E-Tree: public-set pre-training + KMA + tree;
 FedAvg: choosing the server) and its mean round (one local epoch of every
 device, aggregation, simulated timing, one evaluation), and one E-Tree
-checkpoint (snapshot + pickle, in memory). Memory: peak RSS of
+checkpoint (the snapshot's tensors, the bytes safetensors stores). Memory: peak RSS of
 the process, and what one device costs (the slope of peak RSS between the two
 largest fleets).
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import resource
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from etree.engine.checkpoint import take_snapshot
+from etree.engine.checkpoint import pack_state, take_snapshot
 from etree.engine.loop import run_protocol
 from etree.protocols import make_protocol
 from experiments.runner import build_workload
@@ -73,7 +72,9 @@ def measure_one(devices: int, rounds: int, samples: int, clusters: int) -> dict[
                 stamps[record.round] = time.perf_counter()
                 accuracy[record.round] = record.value
         start_snapshot = time.perf_counter()
-        snapshot_bytes = len(pickle.dumps(take_snapshot(protocol, workload, rounds, 0, {})))
+        snapshot = take_snapshot(protocol, rounds, 0, {})
+        _, tensors = pack_state(snapshot.to_state() if snapshot is not None else {})
+        snapshot_bytes = sum(t.numel() * t.element_size() for t in tensors.values())  # what safetensors stores
         out[entry.label] = {
             "checkpoint_s": time.perf_counter() - start_snapshot,
             "checkpoint_mb": snapshot_bytes / 2**20,

@@ -19,15 +19,29 @@ the tests check on small inputs.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from clients.checks import check_int
 from clients.errors import ClientsError
+from etree.core.registry import Registry
 
-SCHEMES = ("dirichlet", "iid", "natural", "pathological", "spatial")
+Partitioner = Callable[..., np.ndarray]
+
+#: Partition schemes by name: ``fn(labels, devices, *, <options>) -> owner``, the device of every
+#: sample (-1: no device). A scheme's options are ``[data]`` keys: those of :data:`DATA_OPTIONS`
+#: (always given by ``[data]``, so their ``[data]`` defaults apply) and any extra key it declares.
+#: It is also handed ``seed``, ``natural_groups`` and ``coordinates`` (the devices' [x, y]) if it asks.
+PARTITIONERS: Registry[Partitioner] = Registry(
+    "partition", "data.partition", fixed=("seed", "natural_groups", "coordinates"), error=ClientsError
+)
+register_partitioner = PARTITIONERS.register
+DATA_OPTIONS = ("alpha", "classes_per_device", "min_partition_size")  # fields of every spec's [data]
 
 #: Largest fleet handed to flwr-datasets; larger ones use the numpy mirror.
 LIBRARY_MAX_DEVICES = 1000
@@ -49,6 +63,7 @@ def partition_indices(
     min_partition_size: int = 1,
     natural_groups: np.ndarray | None = None,
     coordinates: np.ndarray | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` over ``devices`` devices.
 
@@ -72,14 +87,16 @@ def partition_indices(
     classes unused at any fleet size, or want a class on more devices than it
     has samples. A seeded relabelling of the classes makes which classes share
     a device depend on the seed, as the seeded row order does for every scheme.
+
+    ``scheme`` names any registered partitioner (:data:`PARTITIONERS`); ``options`` are the
+    extra ``[data]`` keys it declares.
     """
     labels = _check_labels(labels)
     n = len(labels)
     devices = check_int("devices", devices, 1)
     if devices > n:
         raise ClientsError(f"devices: {devices} is more than the {n} training samples")
-    if scheme not in SCHEMES:
-        raise ClientsError(f"data.partition: unknown {scheme!r}; choose one of: {', '.join(SCHEMES)}")
+    partitioner = PARTITIONERS.get(scheme)
     seed = check_int("seed", seed, 0)
     if (
         isinstance(alpha, bool)
@@ -95,12 +112,13 @@ def partition_indices(
             f"{devices * min_size} but there are {n}; lower it or use fewer devices"
         )
 
-    if scheme == "natural":
-        owner = _natural_owner(natural_groups, n, devices)
-    elif scheme == "spatial":
-        owner = _spatial_owner(labels, devices, coordinates, k=k, seed=seed)
-    else:
-        owner = _seeded_owner(labels, devices, scheme=scheme, seed=seed, alpha=float(alpha), k=k, min_size=min_size)
+    declared = PARTITIONERS.options(scheme)
+    shared = dict(zip(DATA_OPTIONS, (float(alpha), k, min_size), strict=True))
+    chosen = {name: value for name, value in shared.items() if name in declared} | dict(options or {})
+    given = {"seed": seed, "natural_groups": natural_groups, "coordinates": coordinates}
+    context = {name: value for name, value in given.items() if name in inspect.signature(partitioner).parameters}
+    owner = partitioner(labels, devices, **context, **PARTITIONERS.check(scheme, chosen, "data"))
+    owner = _checked_owner(owner, scheme, n, devices)
     sizes = np.bincount(owner[owner >= 0], minlength=devices)
     if sizes.min() < min_size:
         d = int(np.argmin(sizes))
@@ -132,6 +150,55 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
             f"data.dataset: labels must be a non-empty 1-D integer array, got {labels.dtype} {labels.shape}"
         )
     return labels.astype(np.int64, copy=False)
+
+
+def _checked_owner(owner: Any, scheme: str, n: int, devices: int) -> np.ndarray:
+    """A partitioner's answer as int64 owners: a plug-in that returns anything else is told the rule."""
+    owner = np.asarray(owner)
+    rule = f"must return the device (0..{devices - 1}, or -1: none) of each of the {n} samples as integers"
+    if owner.shape != (n,) or not np.issubdtype(owner.dtype, np.integer):
+        raise ClientsError(f"data.partition: {scheme!r} {rule}, got {owner.dtype} {owner.shape}")
+    if owner.min() < -1 or owner.max() >= devices:
+        raise ClientsError(f"data.partition: {scheme!r} {rule}, got ids {owner.min()}..{owner.max()}")
+    return owner.astype(np.int64, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# the built-in schemes
+
+
+@register_partitioner("iid")
+def iid_partition(labels: np.ndarray, devices: int, *, seed: int) -> np.ndarray:
+    """flwr-datasets' ``IidPartitioner`` on seeded rows: n // devices samples each, or one more."""
+    return _seeded_owner(labels, devices, scheme="iid", seed=seed)
+
+
+@register_partitioner("dirichlet")
+def dirichlet_partition(
+    labels: np.ndarray, devices: int, *, seed: int, alpha: float, min_partition_size: int
+) -> np.ndarray:
+    """``DirichletPartitioner``: each class split by Dirichlet(alpha) shares (Yurochkin et al., 2019)."""
+    return _seeded_owner(labels, devices, scheme="dirichlet", seed=seed, alpha=alpha, min_size=min_partition_size)
+
+
+@register_partitioner("pathological")
+def pathological_partition(labels: np.ndarray, devices: int, *, seed: int, classes_per_device: int) -> np.ndarray:
+    """``PathologicalPartitioner`` (deterministic): ``classes_per_device`` classes on every device."""
+    return _seeded_owner(labels, devices, scheme="pathological", seed=seed, k=classes_per_device)
+
+
+@register_partitioner("natural")
+def natural_partition(labels: np.ndarray, devices: int, *, natural_groups: np.ndarray | None) -> np.ndarray:
+    """The dataset's own split: device d holds the d-th group (LEAF synthetic's users, UCI HAR's volunteers)."""
+    return _natural_owner(natural_groups, len(labels), devices)
+
+
+@register_partitioner("spatial")
+def spatial_partition(
+    labels: np.ndarray, devices: int, *, seed: int, classes_per_device: int, coordinates: np.ndarray | None
+) -> np.ndarray:
+    """Label skew that follows the devices' angle around the network's centre (neighbours share classes)."""
+    return _spatial_owner(labels, devices, coordinates, k=classes_per_device, seed=seed)
 
 
 def _natural_owner(groups: np.ndarray | None, n: int, devices: int) -> np.ndarray:
@@ -190,12 +257,13 @@ def _class_loads(devices: int, num_classes: int, k: int) -> np.ndarray:
 
 
 def _seeded_owner(
-    labels: np.ndarray, devices: int, *, scheme: str, seed: int, alpha: float, k: int, min_size: int
+    labels: np.ndarray, devices: int, *, scheme: str, seed: int, alpha: float = 1.0, k: int = 1, min_size: int = 0
 ) -> np.ndarray:
     """Owner device of every sample (-1: unused) for the iid, dirichlet and pathological schemes.
 
     Both engines see the rows in one seeded order, since the library cuts each
-    class (or, for iid, the whole set) into contiguous runs of rows.
+    class (or, for iid, the whole set) into contiguous runs of rows. ``alpha`` and
+    ``min_size`` matter to dirichlet only, ``k`` to pathological only.
     """
     order_seed, class_seed, draw_seed = np.random.SeedSequence(seed).spawn(3)
     order = np.random.default_rng(order_seed).permutation(len(labels))

@@ -4,7 +4,9 @@ This file is the public Python API, for notebooks and scripts::
 
     import etree
     result = etree.run("experiments/default.toml", overrides={"rounds": 5}, out=None)
-    result.metrics  # pandas DataFrame with the metrics.csv columns
+    result.metrics    # pandas DataFrame with the metrics.csv columns
+    result.summary()  # summary.md's text; result.plot(): convergence.png's figure
+    etree.load_run("results/default")  # a run folder read back into the same result type
 
 Its names are loaded on first use (PEP 562): every module of the project imports
 :mod:`etree.core` for the base exception, which runs this file first, so this
@@ -15,17 +17,14 @@ The packages below it are documented in ``docs/ARCHITECTURE.md``.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 from typing import Any
 
-try:
-    __version__ = metadata.version("etree")
-except metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+from etree.core.version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
     "run": "experiments.api",
+    "resume": "experiments.api",
     "load_run": "experiments.api",
     "RunResult": "experiments.api",
     "register_model": "experiments.plugins",

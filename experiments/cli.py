@@ -1,7 +1,8 @@
-"""The ``etree`` command: ``run`` a spec, ``plot`` a run folder.
+"""The ``etree`` command: ``run`` a spec, ``plot`` a run folder, ``list`` what a spec can name.
 
-Bad input of any kind ends with exit status 2 and one ``error:`` line on
-stderr naming the field; nothing half-written is left behind.
+``etree run`` is a thin layer over the Python API (``experiments.api``). Bad input of
+any kind ends with exit status 2 and one ``error:`` line on stderr naming the field;
+nothing half-written is left behind.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from functools import partial
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from etree.core.errors import EtreeError
-from experiments.spec import SpecError
+from etree.core.version import __version__
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so `etree --help` stays fast
     from etree.engine.workload import Workload
@@ -22,10 +23,12 @@ if TYPE_CHECKING:  # the commands import their modules lazily, so `etree --help`
 
 DEFAULT_SPEC = Path(__file__).with_name("default.toml")
 DEFAULT_CHECKPOINT_EVERY = 5
+LISTS = ("protocols", "models", "datasets", "topologies", "partitions")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etree", description="Decentralized edge federated learning simulator.")
+    parser.add_argument("--version", action="version", version=f"etree {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an experiment spec and write its run folder")
     run.add_argument("spec", nargs="?", help="TOML spec (default: the built-in default)")
@@ -80,38 +83,70 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
+    listing = commands.add_parser("list", help="list what a spec can name, with each option's type and default")
+    listing.add_argument("what", nargs="?", choices=LISTS, help="one kind (default: all)")
+    listing.add_argument(
+        "--plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a plug-in module first, to list what it registers (repeatable)",
+    )
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from experiments.checkpoints import load_checkpoint, save_checkpoint
-    from experiments.progress import RoundProgress
-    from experiments.results import write_run
-    from experiments.runner import RunCheckpoint, run_spec
-    from experiments.spec import load_spec
+    from experiments.api import resume, run
+    from experiments.spec import SpecError, load_spec
 
     if args.checkpoint_every < 0:
         raise SpecError(f"--checkpoint-every: got {args.checkpoint_every}; give a number of rounds >= 0 (0: never)")
-    resume: RunCheckpoint | None = None
     if args.resume is not None:
         if args.spec is not None or args.overrides or args.out is not None:
             raise SpecError("--resume: give only the run folder; the run continues with the spec saved in it")
         out = args.resume
-        spec, resume = load_checkpoint(out)
+        result = resume(out, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
     else:
         spec = load_spec(args.spec or DEFAULT_SPEC, args.overrides)
         out = args.out or Path("results") / spec.name
-    with RoundProgress(spec, enabled=not args.quiet) as progress:
-        result = run_spec(
-            spec,
-            on_round=progress.update,
-            resume=resume,
-            checkpoint_every=args.checkpoint_every,
-            on_checkpoint=partial(save_checkpoint, out, spec) if args.checkpoint_every > 0 else None,
-        )
-    write_run(result, out)
+        result = run(spec, out=out, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
     print(f"wrote {out}/ (metrics.csv, summary.md, convergence.png, spec.toml, tree.json)")
-    print((out / "summary.md").read_text())
+    print(result.summary())
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    """Every registered name of each kind with its options (``name: type = default``)."""
+    from clients.classification.models import MODELS
+    from clients.datasets import DATASETS
+    from clients.partition import DATA_OPTIONS, PARTITIONERS
+    from clients.recommendation.models import RECOMMENDERS
+    from etree.core.registry import Registry
+    from etree.protocols import PROTOCOLS, import_all
+    from experiments.plugins import load_plugins
+    from experiments.spec import DataSpec
+    from topologies import TOPOLOGIES
+
+    load_plugins(args.plugins, "--plugins")
+    import_all()
+    registries: dict[str, list[Registry[Any]]] = {
+        "protocols": [PROTOCOLS],
+        "models": [MODELS, RECOMMENDERS],
+        "datasets": [DATASETS],
+        "topologies": [TOPOLOGIES],
+        "partitions": [PARTITIONERS],
+    }
+    for what in [args.what] if args.what else LISTS:
+        print(f"{what} (spec field {registries[what][0].field}; options are keys beside it):")
+        if what == "partitions":
+            shared = ", ".join(f"{f.name} = {f.default!r}" for f in fields(DataSpec) if f.name in DATA_OPTIONS)
+            print(f"  ([data] always gives {shared}, unless the spec sets them)")
+        for registry in registries[what]:
+            for name, options in registry.describe().items():
+                kind = f"  [{registry.what}]" if len(registries[what]) > 1 else ""
+                print(f"  {name}{kind}")
+                print("".join(f"      {option}\n" for option in options) or "      (no options)\n", end="")
+        print()
     return 0
 
 
@@ -148,6 +183,7 @@ def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
     from rich.console import Console
 
     from etree.protocols import make_protocol
+    from experiments.spec import SpecError
     from experiments.tree_view import draw_tree, outline
 
     chosen = [p for p in spec.protocols if args.protocol in (None, p.label)]
@@ -202,6 +238,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _table3(args: argparse.Namespace) -> int:
     from experiments.paper_table3 import run_table3
     from experiments.progress import BatchProgress
+    from experiments.spec import SpecError
 
     if args.seeds < 1:
         raise SpecError(f"--seeds: got {args.seeds}; must be >= 1")
@@ -214,7 +251,8 @@ def _table3(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3, "sweep": _sweep}[args.command](args)
+        commands = {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3, "sweep": _sweep, "list": _list}
+        return commands[args.command](args)
     except EtreeError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -1,8 +1,14 @@
-"""Reading a run folder's ``metrics.csv`` back into per-protocol series."""
+"""A run's rows (``metrics.csv``, ``links.csv``) read back typed, and its metrics as per-protocol series.
+
+Floats are written in ``repr`` form and read back with ``float``, so rows read from a run folder
+equal the rows they were written from, and so does everything computed from them (``summary.md``,
+the plots, ``etree.load_run``).
+"""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,19 +31,54 @@ class Series:
     values: np.ndarray
 
 
-def read_metrics(run_dir: Path) -> dict[str, dict[str, Series]]:
+MetricRow = tuple[str, int, float, int, str, float]  # protocol, round, sim_time_s, bytes_sent, metric, value
+LinkRow = tuple[str, int, int, int, int]  # protocol, u, v, messages, bytes_sent
+RunSeries = dict[str, dict[str, Series]]  # {protocol: {metric: Series}}
+
+
+def read_metrics(run_dir: Path) -> RunSeries:
     """``{protocol: {metric: Series}}`` in file order (protocols keep the spec's order)."""
+    return group_series(read_metric_rows(run_dir))
+
+
+def read_metric_rows(run_dir: Path) -> list[MetricRow]:
+    """The rows of a run folder's ``metrics.csv``."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise RunFolderError(f"run folder: '{path}' not found; pass a folder written by 'etree run'")
-    rows: dict[str, dict[str, list[tuple[int, float, int, float]]]] = {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.setdefault(row["protocol"], {}).setdefault(row["metric"], []).append(
-                (int(row["round"]), float(row["sim_time_s"]), int(row["bytes_sent"]), float(row["value"]))
+        return [
+            (
+                r["protocol"],
+                int(r["round"]),
+                float(r["sim_time_s"]),
+                int(r["bytes_sent"]),
+                r["metric"],
+                float(r["value"]),
             )
-    out: dict[str, dict[str, Series]] = {}
-    for protocol, metrics in rows.items():
+            for r in csv.DictReader(handle)
+        ]
+
+
+def read_link_rows(run_dir: Path) -> list[LinkRow]:
+    """The rows of a run folder's ``links.csv`` (none when the run tracked no link loads)."""
+    path = Path(run_dir) / "links.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [
+            (r["protocol"], int(r["u"]), int(r["v"]), int(r["messages"]), int(r["bytes_sent"]))
+            for r in csv.DictReader(handle)
+        ]
+
+
+def group_series(rows: Iterable[MetricRow]) -> RunSeries:
+    """Rows grouped into ``{protocol: {metric: Series}}``, both in order of first appearance."""
+    grouped: dict[str, dict[str, list[tuple[int, float, int, float]]]] = {}
+    for protocol, round_index, sim_time_s, bytes_sent, metric, value in rows:
+        grouped.setdefault(protocol, {}).setdefault(metric, []).append((round_index, sim_time_s, bytes_sent, value))
+    out: RunSeries = {}
+    for protocol, metrics in grouped.items():
         out[protocol] = {}
         for metric, points in metrics.items():
             r, t, b, v = (np.array(column) for column in zip(*points, strict=True))
@@ -51,7 +92,7 @@ def first_reaching(series: Series, target: float) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def headline_metric(series: dict[str, dict[str, Series]]) -> str:
+def headline_metric(series: RunSeries) -> str:
     """The metric a run is judged by: ``accuracy`` for classifiers, ``hr@10`` for recommenders."""
     if any("accuracy" in m for m in series.values()):
         return "accuracy"

@@ -1,4 +1,9 @@
-"""Convergence plots, drawn from a run folder's files alone (so ``etree plot`` can redraw them)."""
+"""Convergence plots, drawn from a run's series: in memory (``RunResult.plot``) or read from
+a run folder's files alone (``plot_run``, so ``etree plot`` can redraw them).
+
+The convergence figure is a plain :class:`matplotlib.figure.Figure`, not a pyplot one: it needs
+no backend to be drawn or saved, and a notebook that draws it keeps its own backend.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
+if matplotlib.get_backend(auto_select=False) is None:  # nobody chose one: the CLI draws files only
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from experiments.metrics_file import Series, headline_metric, read_metrics
+from experiments.metrics_file import RunSeries, Series, headline_metric, metric_label, read_metrics
 
 AXES = (
     ("rounds", "round (one local epoch of every device)", False),
@@ -31,15 +38,20 @@ def _root_aggregations(metrics: dict[str, Series], metric: str) -> np.ndarray | 
 
 
 def plot_run(run_dir: Path) -> Path:
-    """Write ``convergence.png``: test accuracy of every protocol per round, simulated second and byte,
-    and, when tree protocols ran, per root aggregation."""
+    """Write a run folder's ``convergence.png`` from its files alone."""
     run_dir = Path(run_dir)
-    everything = read_metrics(run_dir)
+    return save_figure(convergence_figure(read_metrics(run_dir), run_name(run_dir)), run_dir / "convergence.png")
+
+
+def convergence_figure(everything: RunSeries, name: str) -> Figure:
+    """Test accuracy of every protocol per round, simulated second and byte, and, when tree
+    protocols ran, per root aggregation (``convergence.png``); ``name`` is the run's."""
     metric = headline_metric(everything)  # accuracy, or HR@10 for recommenders
     series = {p: m for p, m in everything.items() if metric in m}
     roots = {p: _root_aggregations(m, metric) for p, m in series.items()}
     panels = len(AXES) + (1 if any(r is not None for r in roots.values()) else 0)
-    figure, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), constrained_layout=True)
+    figure = Figure(figsize=(5.2 * panels, 4.2), layout="constrained")
+    axes = figure.subplots(1, panels)
     colours = {p: f"C{i % 10}" for i, p in enumerate(series)}
     dashes = {p: ("-", "--", "-.", ":")[i % 4] for i, p in enumerate(series)}  # identical curves stay visible
     for index, ax in enumerate(axes):
@@ -67,14 +79,14 @@ def plot_run(run_dir: Path) -> Path:
                     x[keep], s.values[keep] - spread, s.values[keep] + spread, alpha=0.12, color=colours[protocol]
                 )
         ax.set_xlabel(AXES[index][1] if index < len(AXES) else ROOT_AXIS, fontsize=9)
-        ax.set_ylabel("test accuracy" if metric == "accuracy" else f"test {metric.upper()}")
+        ax.set_ylabel(metric_label(metric))
         if index < len(AXES) and AXES[index][2]:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
     crashed = any("crash" in m for m in series.values())
     axes[0].legend(title="protocol (dotted: a crash)" if crashed else "protocol", fontsize=8)
-    figure.suptitle(f"Convergence — {run_name(run_dir)} (shaded: spread over device models)")
-    return save_figure(figure, run_dir / "convergence.png")
+    figure.suptitle(f"Convergence — {name} (shaded: spread over device models)")
+    return figure
 
 
 def run_name(run_dir: Path) -> str:
@@ -83,8 +95,8 @@ def run_name(run_dir: Path) -> str:
     return str(tomllib.loads(spec.read_text()).get("name", run_dir.name)) if spec.is_file() else run_dir.name
 
 
-def save_figure(figure: plt.Figure, path: Path) -> Path:
-    """Save atomically: draw to a temporary file, then rename over ``path``."""
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Save atomically: draw to a temporary file, then rename over ``path``; a pyplot figure is closed."""
     temp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     figure.savefig(temp, dpi=110)
     plt.close(figure)

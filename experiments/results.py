@@ -2,7 +2,9 @@
 
 The folder is assembled in a temporary sibling and swapped into place only
 when every file is written, so a failed run leaves the previous results of the
-same name untouched. Plots are drawn from the written files (``plots.py``).
+same name untouched. The summary and plots are computed from the run's rows in
+memory, the same rows ``metrics.csv`` and ``links.csv`` hold, so ``etree plot``
+redraws them identically from the files.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,9 @@ import tomli_w
 
 from etree.engine.protocol import Record
 from etree.network.links import LinkLoad
-from experiments.runner import RunResult
-from experiments.summary import summary_markdown
+from experiments.metrics_file import LinkRow, MetricRow, group_series
+from experiments.runner import RunOutput
+from experiments.summary import render_summary
 from topologies import write_graphml
 
 GZIP_TOPOLOGY_ABOVE = 20_000  # nodes; 100,000 nodes are 183 MB of graphml, 20 MB gzipped (+20% write time)
@@ -50,13 +53,27 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def metric_rows(records: Iterable[Record]) -> Iterator[MetricRow]:
+    """The rows of ``metrics.csv`` (``METRIC_COLUMNS``), typed."""
+    for r in records:
+        yield r.protocol, int(r.round), float(r.sim_time_s), int(r.bytes_sent), r.metric, float(r.value)
+
+
+def link_rows(links: Mapping[str, LinkLoad]) -> Iterator[LinkRow]:
+    """The rows of ``links.csv`` (``LINK_COLUMNS``): links that carried nothing are left out."""
+    for label, load in links.items():
+        for i in np.flatnonzero(load.messages):
+            u, v = load.ends[i]
+            yield label, int(u), int(v), int(load.messages[i]), int(load.bytes_sent[i])
+
+
 def metrics_csv(records: Iterable[Record]) -> str:
     """Long-format CSV; floats in ``repr`` form so a seed reproduces it byte for byte."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(METRIC_COLUMNS)
-    for r in records:
-        writer.writerow([r.protocol, r.round, repr(float(r.sim_time_s)), r.bytes_sent, r.metric, repr(float(r.value))])
+    for protocol, round_index, sim_time_s, bytes_sent, metric, value in metric_rows(records):
+        writer.writerow([protocol, round_index, repr(sim_time_s), bytes_sent, metric, repr(value)])
     return buffer.getvalue()
 
 
@@ -65,17 +82,14 @@ def links_csv(links: Mapping[str, LinkLoad]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(LINK_COLUMNS)
-    for label, load in links.items():
-        for i in np.flatnonzero(load.messages):
-            u, v = load.ends[i]
-            writer.writerow([label, int(u), int(v), int(load.messages[i]), int(load.bytes_sent[i])])
+    writer.writerows(link_rows(links))
     return buffer.getvalue()
 
 
-def write_run(result: RunResult, out_dir: Path) -> Path:
+def write_run(result: RunOutput, out_dir: Path) -> Path:
     """Write ``spec.toml``, ``metrics.csv``, ``links.csv``, ``tree.json``, ``topology.graphml[.gz]``,
     ``summary.md`` and plots."""
-    from experiments.plots import plot_run
+    from experiments.plots import convergence_figure, save_figure
     from experiments.tree_view import draw_tree
 
     out_dir = Path(out_dir)
@@ -89,8 +103,10 @@ def write_run(result: RunResult, out_dir: Path) -> Path:
         structure = {"partition": result.partition_summary, "protocols": result.structures}
         (staging / "tree.json").write_text(json.dumps(structure, indent=1) + "\n")
         write_graphml(result.graph, staging / topology_file(result.graph.number_of_nodes()))
-        (staging / "summary.md").write_text(summary_markdown(staging))
-        plot_run(staging)
+        series = group_series(metric_rows(result.records))
+        summary = render_summary(result.spec.to_dict(), series, result.structures, link_rows(result.links))
+        (staging / "summary.md").write_text(summary)
+        save_figure(convergence_figure(series, result.spec.name), staging / "convergence.png")
         for label, tree in result.structures.items():
             if "layers" in tree and len(tree["layers"][0]["clusters"]) > 1:
                 draw_tree(result.graph, tree, staging / f"tree_{label}.png", title=f"{label} aggregation tree")

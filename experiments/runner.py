@@ -23,7 +23,7 @@ from clients.classification.fleet import pack_fleet
 from clients.classification.models import build_model
 from clients.datasets import load_dataset
 from clients.params import init_params
-from clients.partition import partition_indices
+from clients.partition import PARTITIONERS, partition_indices
 from clients.recommendation.interactions import Interactions, pack_interactions
 from clients.recommendation.models import build_recommender, init_recommender
 from clients.train_config import TrainConfig
@@ -68,8 +68,8 @@ CheckpointCallback = Callable[[RunCheckpoint], None]
 
 
 @dataclass
-class RunResult:
-    """What a run produced, for the results writer."""
+class RunOutput:
+    """What a run produced, for the results writer and the public ``etree.RunResult``."""
 
     spec: Spec
     graph: nx.Graph
@@ -89,7 +89,8 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[n
         if isinstance(crash.node, int) and crash.node >= nodes:
             raise SpecError(f"network.crash[{index}].node: got {crash.node}; the topology has nodes 0..{nodes - 1}")
     graph = apply_heterogeneity(graph, devices, spec.network, seeds["network"])
-    dataset = load_dataset(spec.data.dataset, seed=seeds["data"], devices=devices, **spec.data.options)
+    partition_options, dataset_options = _data_options(spec)
+    dataset = load_dataset(spec.data.dataset, seed=seeds["data"], devices=devices, **dataset_options)
     if isinstance(dataset, Interactions):
         return _recommender_workload(spec, graph, dataset, seeds), dataset, _user_parts(spec, dataset, seeds)
     parts = partition_indices(
@@ -102,6 +103,7 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[n
         min_partition_size=spec.data.min_partition_size,
         natural_groups=dataset.natural_groups,
         coordinates=np.array([graph.nodes[d]["pos"] for d in range(devices)], dtype=np.float64),
+        options=partition_options,
     )
     model = build_model(spec.model.kind, dataset.input_shape, dataset.num_classes, **spec.model.options)
     workload = Workload(
@@ -120,6 +122,14 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[n
         trainer=_trainer(spec),
     )
     return workload, dataset, parts
+
+
+def _data_options(spec: Spec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``[data]``'s extra keys split: those the partition scheme declares are its options (a
+    plugged partitioner's), every other one is the dataset loader's."""
+    declared = PARTITIONERS.options(spec.data.partition)
+    options = spec.data.options
+    return {k: v for k, v in options.items() if k in declared}, {k: v for k, v in options.items() if k not in declared}
 
 
 def _trainer(spec: Spec) -> Trainer:
@@ -205,7 +215,7 @@ def run_spec(
     resume: RunCheckpoint | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: CheckpointCallback | None = None,
-) -> RunResult:
+) -> RunOutput:
     """Run every protocol of the spec in order and collect their records.
 
     With ``on_checkpoint``, the run's state goes to it every ``checkpoint_every`` rounds and
@@ -213,7 +223,7 @@ def run_spec(
     """
     workload, dataset, parts = build_workload(spec)
     protocols = [make_protocol(p.name, p.label, dict(p.options)) for p in spec.protocols]
-    result = RunResult(spec, workload.graph)
+    result = RunOutput(spec, workload.graph)
     result.partition_summary = _partition_summary(dataset, parts)
     start = resume or RunCheckpoint(protocol_index=0)
     result.records = list(start.records)

@@ -28,6 +28,12 @@ private loopback Ray when ``address`` is empty, else ``ray.init(address=...)``):
     workers = 2
     address = ""                     # "auto": the cluster of `ray start --head` on this machine
 
+``[plugins]`` (optional) names modules of the user's own factories (``experiments.plugins``),
+imported before the rest of the spec is read, so the spec can name what they register::
+
+    [plugins]
+    modules = ["my_package.my_module"]
+
 ``[sweep]`` (optional) is the grid ``etree sweep`` runs (:class:`SweepPlan`), so one
 file describes a whole study; ``etree run`` validates it and runs the spec alone::
 
@@ -40,8 +46,10 @@ file describes a whole study; ``etree run`` validates it and runs the spec alone
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +66,7 @@ from etree.network.conditions import (
     Distribution,
     NetworkConditions,
 )
+from experiments.plugins import load_plugins
 
 
 class SpecError(EtreeError):
@@ -109,6 +118,11 @@ class ProtocolSpec:
 
 
 @dataclass(frozen=True)
+class PluginsSpec:
+    modules: tuple[str, ...] = ()  # imported in order before the spec is validated
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str = "experiment"
     seed: int = 0
@@ -121,15 +135,19 @@ class Spec:
     protocols: tuple[ProtocolSpec, ...] = ()
     network: NetworkConditions = field(default_factory=NetworkConditions)
     backend: BackendSpec = field(default_factory=BackendSpec)
+    plugins: PluginsSpec = field(default_factory=PluginsSpec)
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved spec as TOML-ready data (options folded back into their tables)."""
+        """The resolved spec as TOML-ready data (options folded back into their tables; ``plugins``
+        only when there are any, so a spec without them saves as it always did)."""
         out: dict[str, Any] = {
             "name": self.name,
             "seed": self.seed,
             "rounds": self.rounds,
             "eval_every": self.eval_every,
         }
+        if self.plugins.modules:
+            out["plugins"] = {"modules": list(self.plugins.modules)}
         for section in ("topology", "data", "model", "train"):
             out[section] = _table(getattr(self, section))
         out["network"] = _network_table(self.network)
@@ -339,12 +357,30 @@ def _backend(table: Any) -> BackendSpec:
     return backend
 
 
+def _plugins(table: Any) -> PluginsSpec:
+    """The ``[plugins]`` table: ``modules``, an array of module names."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"plugins: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key != "modules":
+            raise SpecError(f"plugins.{key}: unknown key; allowed: modules")
+    modules = table.get("modules", [])
+    if not isinstance(modules, list | tuple) or not all(isinstance(m, str) for m in modules):
+        raise SpecError(f'plugins.modules: got {modules!r}; expected an array of module names, e.g. ["my_module"]')
+    return PluginsSpec(tuple(modules))
+
+
 def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") -> Spec:
-    """Validate a parsed TOML document into a ``Spec``."""
+    """Validate a parsed TOML document into a ``Spec``, after importing its plug-ins (and the
+    installed packages' ones), so that what they register is known by the time it is named."""
+    plugins = _plugins(raw.get("plugins", {}))
+    load_plugins(plugins.modules)
     sections = {"topology": TopologySpec, "data": DataSpec, "model": ModelSpec, "train": TrainSpec}
     scalars = {"name": str, "seed": int, "rounds": int, "eval_every": int}
-    values: dict[str, Any] = {"name": default_name}
+    values: dict[str, Any] = {"name": default_name, "plugins": plugins}
     for key, value in raw.items():
+        if key == "plugins":
+            continue
         if key in scalars:
             values[key] = _typed(value, scalars[key], key)
             if key == "seed" and value < 0:
@@ -360,7 +396,7 @@ def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") 
         elif key == "sweep":
             sweep_plan(value)  # checked here so a typo fails for `etree run` too; not part of the run
         else:
-            allowed = sorted([*scalars, *sections, "backend", "network", "protocols", "sweep"])
+            allowed = sorted([*scalars, *sections, "backend", "network", "plugins", "protocols", "sweep"])
             raise SpecError(f"{key}: unknown key; allowed top-level keys: {', '.join(allowed)}")
     if not values.get("protocols"):
         raise SpecError("protocols: at least one [[protocols]] table with a 'name' is required")
@@ -408,21 +444,35 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text
-        keys = dotted.strip().split(".")
-        target: dict[str, Any] = raw
-        if keys[0] == "protocols" and len(keys) == 3:
-            matches = [p for p in raw.get("protocols", []) if p.get("label", p.get("name")) == keys[1]]
-            if not matches:
-                raise SpecError(f"--set {dotted}: no protocol labelled {keys[1]!r}")
-            matches[0][keys[2]] = value
-            continue
-        for key in keys[:-1]:
-            nested = target.setdefault(key, {})
-            if not isinstance(nested, dict):
-                raise SpecError(f"--set {dotted}: {key!r} is not a table")
-            target = nested
-        target[keys[-1]] = value
+        _set_value(raw, dotted.strip(), value, f"--set {dotted}")
     return raw
+
+
+def set_values(raw: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply typed overrides ``{dotted.key: value}`` (the Python API's ``overrides``) where
+    ``--set`` would put them; the spec is validated afterwards, as after ``--set``."""
+    for dotted, value in values.items():
+        if not isinstance(dotted, str) or not dotted.strip():
+            raise SpecError(f"overrides: key {dotted!r} is not a dotted spec key such as 'topology.devices'")
+        _set_value(raw, dotted.strip(), value, f"overrides[{dotted!r}]")
+    return raw
+
+
+def _set_value(raw: dict[str, Any], dotted: str, value: Any, field: str) -> None:
+    keys = dotted.split(".")
+    if keys[0] == "protocols" and len(keys) == 3:
+        matches = [p for p in raw.get("protocols", []) if p.get("label", p.get("name")) == keys[1]]
+        if not matches:
+            raise SpecError(f"{field}: no protocol labelled {keys[1]!r}")
+        matches[0][keys[2]] = value
+        return
+    target: dict[str, Any] = raw
+    for key in keys[:-1]:
+        nested = target.setdefault(key, {})
+        if not isinstance(nested, dict):
+            raise SpecError(f"{field}: {key!r} is not a table")
+        target = nested
+    target[keys[-1]] = value
 
 
 def override_text(value: Any) -> str:
@@ -489,16 +539,34 @@ def sweep_plan(table: Any) -> SweepPlan:
     return SweepPlan(tuple(axes), seeds)
 
 
-def _read_raw(path: str | Path) -> dict[str, Any]:
+def _read_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec: file '{path}' not found; pass a TOML spec such as experiments/default.toml")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"spec: '{path}' is not valid TOML ({exc})") from exc
+    raw = _parse(path.read_text(), f"'{path}'")
     raw.setdefault("name", path.stem)
     return raw
+
+
+def _parse(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec: {origin} is not valid TOML ({exc})") from exc
+
+
+def raw_spec(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """The unvalidated table of a spec given as a TOML file, a TOML text or a table (copied, so
+    overrides never change the caller's). A string holding a newline or an ``=`` is TOML text
+    (a file whose name has one is passed as a ``Path``); any other is a path, whose stem is
+    the default name."""
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source))
+    if isinstance(source, str) and ("\n" in source or "=" in source):
+        return _parse(source, "the TOML text")
+    if not isinstance(source, str | os.PathLike):
+        raise SpecError(f"spec: got {type(source).__name__}; give a TOML file's path, a TOML text or a table")
+    return _read_raw(source)
 
 
 def load_sweep_plan(path: str | Path, overrides: Sequence[str] = ()) -> SweepPlan:

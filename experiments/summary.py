@@ -1,16 +1,21 @@
-"""``summary.md``: the run's headline table, computed from ``metrics.csv`` alone."""
+"""``summary.md``: the run's headline table, from its metrics, structures and link loads.
+
+:func:`render_summary` works on what a run holds in memory (``etree.run`` with no folder, and
+the results writer); :func:`summary_markdown` reads the same things from a run folder's files
+(``etree plot``). Both give the same text for the same run.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from experiments.metrics_file import first_reaching, headline_metric, read_metrics
+from experiments.metrics_file import LinkRow, RunSeries, first_reaching, headline_metric, read_link_rows, read_metrics
 
 TARGET_FRACTION = 0.9
 
@@ -24,17 +29,29 @@ def _fmt_bytes(value: float) -> str:
 
 
 def summary_markdown(run_dir: Path) -> str:
-    """A table per protocol: final/best accuracy, and rounds, time and bytes to a common target."""
+    """:func:`render_summary` of a run folder, from its files alone."""
     run_dir = Path(run_dir)
     series = read_metrics(run_dir)
     spec = tomllib.loads((run_dir / "spec.toml").read_text()) if (run_dir / "spec.toml").is_file() else {}
+    tree = json.loads((run_dir / "tree.json").read_text()) if (run_dir / "tree.json").is_file() else {}
+    return render_summary({"name": run_dir.name, **spec}, series, tree.get("protocols", {}), read_link_rows(run_dir))
+
+
+def render_summary(
+    spec: Mapping[str, Any], series: RunSeries, structures: Mapping[str, Any], links: Iterable[LinkRow]
+) -> str:
+    """A table per protocol: final/best accuracy, and rounds, time and bytes to a common target.
+
+    ``spec`` is the resolved spec as a table (``Spec.to_dict``, or ``spec.toml`` read back),
+    ``structures`` each protocol's ``tree.json`` entry and ``links`` the rows of ``links.csv``.
+    """
     metric = headline_metric(series)
     accuracy = {p: m[metric] for p, m in series.items() if metric in m}
     finals = {p: float(s.values[-1]) for p, s in accuracy.items()}
     ndcg = metric == "hr@10"  # recommenders: NDCG@10 next to HR@10
     target = TARGET_FRACTION * max(finals.values(), default=0.0)
     lines = [
-        f"# {spec.get('name', run_dir.name)}",
+        f"# {spec.get('name', '?')}",
         "",
         f"{spec.get('topology', {}).get('devices', '?')} devices, dataset `{spec.get('data', {}).get('dataset', '?')}` "
         f"({spec.get('data', {}).get('partition', '?')} partition), model `{spec.get('model', {}).get('kind', '?')}`, "
@@ -60,25 +77,20 @@ def summary_markdown(run_dir: Path) -> str:
             f"| {protocol} | {finals[protocol]:.4f} | {s.values.max():.4f} |{extra} {' | '.join(to_target)} "
             f"| {s.sim_time_s[-1]:.4g} | {_fmt_bytes(float(s.bytes_sent[-1]))} |"
         )
-    lines += cluster_balance_lines(run_dir)
-    lines += _busiest_links(run_dir, accuracy)
+    lines += cluster_balance_lines(structures)
+    lines += _busiest_links(links, accuracy)
     lines += _faults(series)
     return "\n".join(lines) + "\n"
 
 
-def _busiest_links(run_dir: Path, protocols: Mapping[str, object]) -> list[str]:
-    """From ``links.csv``: each protocol's most loaded link and its share of all link traffic."""
-    path = run_dir / "links.csv"
-    if not path.is_file():
-        return []
+def _busiest_links(links: Iterable[LinkRow], protocols: Mapping[str, object]) -> list[str]:
+    """Each protocol's most loaded link and its share of all link traffic."""
     busiest: dict[str, tuple[int, str]] = {}
     totals: dict[str, int] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            label, sent = row["protocol"], int(row["bytes_sent"])
-            totals[label] = totals.get(label, 0) + sent
-            if sent > busiest.get(label, (-1, ""))[0]:
-                busiest[label] = (sent, f"{row['u']}–{row['v']}")
+    for label, u, v, _, sent in links:
+        totals[label] = totals.get(label, 0) + sent
+        if sent > busiest.get(label, (-1, ""))[0]:
+            busiest[label] = (sent, f"{u}–{v}")
     if not busiest:
         return []
     lines = [
@@ -94,7 +106,7 @@ def _busiest_links(run_dir: Path, protocols: Mapping[str, object]) -> list[str]:
     return lines
 
 
-def _faults(series: dict) -> list[str]:
+def _faults(series: RunSeries) -> list[str]:
     """Crashes and failovers, from their metric rows."""
     events = [
         (float(t), protocol, kind, int(v))
@@ -110,19 +122,15 @@ def _faults(series: dict) -> list[str]:
     return lines
 
 
-def cluster_balance_lines(run_dir: Path) -> list[str]:
+def cluster_balance_lines(structures: Mapping[str, Any]) -> list[str]:
     """Per tree protocol: how far each layer-1 cluster's label mix is from the global mix.
 
     Imbalance = total-variation distance between a cluster's label distribution
     and the fleet's (0: the cluster looks like the whole data set; 1: disjoint).
     This is what KMA's accuracy term is meant to lower (E-Tree paper, Sec. IV).
     """
-    path = run_dir / "tree.json"
-    if not path.is_file():
-        return []
-    protocols = json.loads(path.read_text()).get("protocols", {})
     rows = []
-    for label, tree in protocols.items():
+    for label, tree in structures.items():
         clusters = tree.get("layers", [{}])[0].get("clusters", [])
         if len(clusters) < 2 or "label_histogram" not in clusters[0]:
             continue

@@ -100,3 +100,36 @@ def test_console_script_exit_status(tiny_spec, tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: rounds")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--version"])
+def test_help_and_version_exit_zero(flag, capsys):
+    import etree
+
+    with pytest.raises(SystemExit) as done:
+        main([flag])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    if flag == "--version":
+        assert out == f"etree {etree.__version__}\n" and etree.__version__ != "0+unknown"
+    else:
+        assert out.startswith("usage: etree") and "list" in out
+
+
+def test_list_protocols_names_every_builtin_with_its_options(capsys):
+    from etree.protocols import BUILTIN, PROTOCOLS
+
+    assert main(["list", "protocols"]) == 0
+    out = capsys.readouterr().out
+    described = PROTOCOLS.describe()
+    assert set(BUILTIN) <= set(described)
+    for name in BUILTIN:
+        options = [f"      {option}" for option in described[name]] or ["      (no options)"]
+        assert "\n".join([f"  {name}", *options]) + "\n" in out
+    assert "      groups: sequence of int = (8, 1)\n" in out  # an option with its type and default
+
+
+def test_list_without_a_kind_lists_every_kind(capsys):
+    assert main(["list"]) == 0
+    headings = [line.split(" ")[0] for line in capsys.readouterr().out.splitlines() if line and line[0] != " "]
+    assert headings == ["protocols", "models", "datasets", "topologies", "partitions"]

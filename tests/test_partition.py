@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -234,3 +236,71 @@ def test_spatial_partition_gives_neighbours_similar_classes():
 def test_spatial_partition_needs_positions():
     with pytest.raises(ClientsError, match="spatial"):
         partition_indices(np.arange(100) % 5, 10, scheme="spatial", seed=0, classes_per_device=2)
+
+
+# ---------------------------------------------------------------------------
+# the registry of schemes
+
+
+def test_builtin_schemes_give_the_partitions_they_always_gave() -> None:
+    """Golden digests from before the schemes became registered functions: same seed, same bytes."""
+    angle = np.linspace(0, 2 * np.pi, 30, endpoint=False)
+    extra: dict[str, dict[str, Any]] = {
+        "spatial": {"coordinates": np.stack([np.cos(angle), np.sin(angle)], axis=1)},
+        "natural": {"natural_groups": np.arange(len(LABELS)) % 30},
+    }
+    golden = {
+        "dirichlet": "a72e3589239fba77",
+        "iid": "09706c44b2cbfce8",
+        "natural": "be7ef2c94db86c13",
+        "pathological": "a7d10ac72a07e874",
+        "spatial": "77699fc75095fc16",
+    }
+    assert sorted(golden) == partition.PARTITIONERS.names()
+    for scheme, digest in golden.items():
+        parts = partition_indices(
+            LABELS, 30, scheme=scheme, seed=7, alpha=0.5, classes_per_device=3, **extra.get(scheme, {})
+        )
+        assert hashlib.sha256(b"".join(p.tobytes() + b"|" for p in parts)).hexdigest()[:16] == digest, scheme
+
+
+@pytest.fixture
+def strided() -> Iterator[None]:
+    """A registered scheme taking one [data] field and one option of its own."""
+
+    @partition.register_partitioner("strided")
+    def strided_partition(labels: np.ndarray, devices: int, *, classes_per_device: int, stride: int = 1) -> np.ndarray:
+        return (np.arange(len(labels)) // stride + classes_per_device) % devices
+
+    yield
+    del partition.PARTITIONERS["strided"]
+
+
+@pytest.mark.usefixtures("strided")
+def test_a_registered_scheme_gets_the_fields_it_declares_and_its_options() -> None:
+    parts = partition_indices(SKEWED, 4, scheme="strided", seed=0, classes_per_device=1, options={"stride": 2})
+    assert [p[:4].tolist() for p in parts] == [[6, 7, 14, 15], [0, 1, 8, 9], [2, 3, 10, 11], [4, 5, 12, 13]]
+    with pytest.raises(ClientsError, match=r"^data\.stride: 2\.5 is not allowed; must be int"):
+        partition_indices(SKEWED, 4, scheme="strided", seed=0, options={"stride": 2.5})
+    with pytest.raises(ClientsError, match=r"^data\.shards: unknown option 'shards' for 'strided'"):
+        partition_indices(SKEWED, 4, scheme="strided", seed=0, options={"shards": 2})
+
+
+@pytest.mark.parametrize(
+    ("owner", "message"),
+    [
+        (lambda n, d: np.zeros(n - 1, np.int64), r"of each of the 900 samples as integers, got int64 \(899,\)"),
+        (lambda n, d: np.zeros(n), r"got float64"),
+        (lambda n, d: np.full(n, d), r"got ids 4\.\.4"),
+    ],
+)
+def test_a_scheme_returning_a_wrong_owner_is_told_the_rule(owner: Any, message: str) -> None:
+    partition.register_partitioner("broken")(lambda labels, devices: owner(len(labels), devices))
+    try:
+        with pytest.raises(
+            ClientsError,
+            match=rf"^data\.partition: 'broken' must return the device \(0\.\.3, or -1: none\) .*{message}",
+        ):
+            partition_indices(SKEWED, 4, scheme="broken", seed=0)
+    finally:
+        del partition.PARTITIONERS["broken"]

@@ -97,9 +97,21 @@ def _cnn2d(shape: tuple[int, ...], num_classes: int, channels: int) -> nn.Module
 
 
 def build_model(kind: str, input_shape: tuple[int, ...], num_classes: int, **options: Any) -> nn.Module:
-    """Build a registered model, naming the spec field on a bad kind or option."""
+    """Build a registered model, naming the spec field on a bad kind or option, or a factory (a
+    plug-in's) that returns what the batched engine cannot train: no module, no parameters, or
+    running statistics."""
     factory = MODELS.get(kind)
-    return factory(tuple(input_shape), num_classes, **MODELS.check(kind, options, "model"))
+    model = factory(tuple(input_shape), num_classes, **MODELS.check(kind, options, "model"))
+    if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:
+        raise ClientsError(
+            f"model.kind: {kind!r} must return a torch.nn.Module with parameters, got {type(model).__name__}"
+        )
+    if any(getattr(module, "track_running_stats", False) for module in model.modules()):
+        raise ClientsError(  # vmap refuses them: only parameters are stacked per device (training.py)
+            f"model.kind: {kind!r} keeps running statistics (BatchNorm), which devices cannot hold here; "
+            "use LayerNorm or GroupNorm, or track_running_stats=False"
+        )
+    return model
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:

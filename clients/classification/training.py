@@ -116,18 +116,29 @@ DenseLayers = list[tuple[str, str]]
 
 
 def dense_layers(model: nn.Module) -> DenseLayers | None:
-    """(weight, bias) names of a ``Sequential`` of Flatten/Linear/ReLU (softmax, mlp); None otherwise."""
-    if not isinstance(model, nn.Sequential):
+    """(weight, bias) names of a ReLU MLP (softmax, mlp): exactly ``Sequential([Flatten], Linear,
+    ReLU, Linear, ..., Linear)`` with biases; None for anything else, which trains on the generic path.
+
+    Classes are compared exactly, not by ``isinstance``: a subclass (a user's plugged model) may
+    compute something other than what :func:`_dense_step` hard-codes.
+    """
+    if type(model) is not nn.Sequential:
+        return None
+    modules = list(model)
+    first = modules[0] if modules else None
+    start = 1 if type(first) is nn.Flatten and (first.start_dim, first.end_dim) == (1, -1) else 0
+    body = modules[start:]
+    if len(body) % 2 == 0:  # Linear (ReLU Linear)* has odd length; empty is not a model
         return None
     layers: DenseLayers = []
-    kinds = [type(m) for m in model]
-    for index, module in enumerate(model):
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            layers.append((f"{index}.weight", f"{index}.bias"))
-        elif not isinstance(module, (nn.Flatten, nn.ReLU)) or (isinstance(module, nn.Flatten) and index != 0):
+    for offset, module in enumerate(body):
+        if type(module) is not (nn.ReLU if offset % 2 else nn.Linear):
             return None
-    relus_between = kinds.count(nn.ReLU) == len(layers) - 1 and kinds[-1] is nn.Linear
-    return layers if layers and relus_between else None
+        if offset % 2 == 0:
+            if module.bias is None:  # _dense_step adds a bias
+                return None
+            layers.append((f"{start + offset}.weight", f"{start + offset}.bias"))
+    return layers
 
 
 def _dense_step(

@@ -27,9 +27,10 @@ def run_protocol(
     and one row per crash or failover, in the round it happened.
 
     Every ``checkpoint_every`` rounds (0: never; never after the last round), once the round's
-    records are yielded, ``on_checkpoint`` receives a snapshot of the run. ``resume`` continues a
-    snapshot taken of the same spec: ``protocol`` is freshly made and its ``setup`` is not run
-    again; the rounds after the snapshot yield exactly what the uninterrupted run yielded.
+    records are yielded, ``on_checkpoint`` receives a snapshot of the run (its ``state_dict``; a
+    protocol without one is not checkpointed). ``resume`` continues a snapshot taken of the same
+    spec: ``protocol`` is freshly made, ``load_state_dict`` takes the place of ``setup``, and the
+    rounds after the snapshot yield exactly what the uninterrupted run yielded.
     """
     if resume is None:
         clock = SimClock(workload.network)
@@ -61,4 +62,8 @@ def run_protocol(
             yield from snapshot(round_index)
         due = checkpoint_every > 0 and round_index % checkpoint_every == 0 and round_index < rounds
         if on_checkpoint is not None and due:
-            on_checkpoint(take_snapshot(protocol, workload, round_index, sent, counters))
+            taken = take_snapshot(protocol, round_index, sent, counters)
+            if taken is None:  # the protocol cannot be checkpointed: it was said once, do not retry
+                checkpoint_every = 0
+            else:
+                on_checkpoint(taken)

@@ -32,6 +32,11 @@ class Workload:
     ``trainer`` is where local training runs (``[backend]``: this process, or
     Ray workers); protocols train through ``train_devices``, never by calling
     ``local_train`` themselves, so the backend changes no protocol code.
+
+    ``x_val``/``y_val`` is the validation split carved from the training data
+    before partitioning (``[data] validation_fraction``), so no device holds it:
+    what a method may look at to choose (KMA's public set, tuning), while the
+    test set is touched only for reporting. Empty when the run has none.
     """
 
     model: nn.Module
@@ -48,6 +53,8 @@ class Workload:
     network: NetworkConditions = field(default_factory=NetworkConditions)  # [network] of the spec: timing, faults
     private: frozenset[str] = frozenset()  # parameters that never leave their device
     trainer: Trainer = field(default_factory=LocalTrainer)  # the training backend (etree.backends.local)
+    x_val: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # validation split (no device holds it)
+    y_val: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     @property
     def devices(self) -> int:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ import torch
 from clients.params import ParamStack, replicate
 from clients.recommendation.metrics import DeviceModels
 from etree.core.errors import ProtocolError
+from etree.engine.checkpoint import stack_like
 from etree.engine.protocol import Protocol, RoundCost, own_models
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
@@ -61,6 +63,14 @@ class IndividualProtocol(Protocol):
 
     def device_models(self) -> DeviceModels:
         return own_models(self.evaluation_models(), self.evaluated, self.workload.private)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": self.params}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """``setup`` redraws the evaluated sample (seeded), then the saved models replace the initial ones."""
+        self.setup(self.workload)
+        self.params = stack_like(state["params"], self.workload.initial, "params", rows=self.workload.devices)
 
 
 @register_protocol("individual")

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -23,6 +25,7 @@ from clients.recommendation.interactions import InteractionFleet, pool_fleet
 from clients.recommendation.metrics import DeviceModels, popularity_metrics
 from clients.train_config import TrainConfig
 from etree.core.errors import ProtocolError
+from etree.engine.checkpoint import expect, stack_like
 from etree.engine.protocol import Protocol, RoundCost
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
@@ -92,6 +95,14 @@ class CentralisedProtocol(Protocol):
         devices = torch.arange(data.devices)
         return DeviceModels(self.evaluation_models(), torch.zeros_like(devices), private, devices)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": self.params}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """``setup`` pools the data again (deterministic), then the saved model replaces the initial one."""
+        self.setup(self.workload)
+        self.params = stack_like(state["params"], self.params, "params")
+
 
 class PopularityProtocol(Protocol):
     """Item popularity over the pooled training interactions; constant over rounds."""
@@ -109,6 +120,13 @@ class PopularityProtocol(Protocol):
 
     def evaluate(self, workload: Workload) -> dict[str, float]:
         return dict(self.metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        metrics = expect(state["metrics"], dict, "metrics")
+        self.metrics = {name: float(expect(value, float, f"metrics.{name}")) for name, value in metrics.items()}
 
 
 @register_protocol("centralised")

@@ -74,11 +74,13 @@ from clients.recommendation.metrics import DeviceModels
 from etree.backends.local import local_train
 from etree.backends.ray_guest import guest_environment, start_loopback_ray
 from etree.core.errors import ProtocolError
+from etree.engine.checkpoint import CheckpointError, expect, stack_like
 from etree.engine.protocol import Protocol, RoundCost
 from etree.engine.registry import register_protocol
 from etree.engine.sampling import participants
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
+from etree.trees.hierarchical import load_timing_state, timing_state, tree_from_state, tree_state
 from etree.trees.servers import choose_server
 from etree.trees.timing import TreeTiming, round_messages
 from etree.trees.tree import AggregationTree, star_tree
@@ -504,6 +506,64 @@ class FlowerFedAvg(Protocol):
 
     def structure(self) -> dict[str, Any]:
         return self.tree.to_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the Flower simulation of ``setup`` produced (a resumed run does not simulate again), the
+        model and private rows of the current round, and the star's timing."""
+        run = self.run
+        logged = sorted(run.private_rows)
+        return {
+            "tree": tree_state(self.tree),
+            "timing": timing_state(self.timing),
+            "global_models": list(run.global_models),
+            "trained": [[int(device) for device in devices] for devices in run.trained],
+            "wall_s": float(run.wall_s),
+            "ray_session_dir": run.ray_session_dir,
+            "sent": sorted(run.sent),
+            "logged_devices": logged,
+            "logged_rows": [run.private_rows[device] for device in logged],
+            "current": self.current,
+            "private": self.private,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        workload = self.workload
+        devices = workload.devices
+        self.network = NetworkModel(workload.graph)
+        self.tree = tree_from_state(state["tree"], workload.graph.number_of_nodes(), devices)
+        self.network.prepare(int(h) for h in self.tree.heads[0])
+        self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
+        load_timing_state(self.timing, state["timing"])
+        shared = workload.shared(workload.initial)
+        models = expect(state["global_models"], list, "global_models")
+        if len(models) != workload.rounds + 1:
+            raise CheckpointError(f"global_models: got {len(models)}, the run has {workload.rounds} rounds (+ initial)")
+        trained = expect(state["trained"], list, "trained")
+        logged = expect(state["logged_devices"], list, "logged_devices")
+        rows = expect(state["logged_rows"], list, "logged_rows")
+        if len(rows) != len(logged):
+            raise CheckpointError(f"logged_rows: got {len(rows)} for {len(logged)} logged devices")
+        self.run = FlowerRun(
+            global_models=[stack_like(m, shared, f"global_models[{r}]") for r, m in enumerate(models)],
+            trained=[
+                [expect(d, int, f"trained[{r}]") for d in expect(ds, list, f"trained[{r}]")]
+                for r, ds in enumerate(trained)
+            ],
+            wall_s=expect(state["wall_s"], float, "wall_s"),
+            ray_session_dir=expect(state["ray_session_dir"], str, "ray_session_dir"),
+            sent=frozenset(expect(name, str, "sent") for name in expect(state["sent"], list, "sent")),
+            private_rows={
+                expect(device, int, "logged_devices"): {
+                    key: expect(row, torch.Tensor, f"logged_rows[{i}].{key}")
+                    for key, row in expect(table, dict, f"logged_rows[{i}]").items()
+                }
+                for i, (device, table) in enumerate(zip(logged, rows, strict=True))
+            },
+        )
+        self.current = stack_like(state["current"], shared, "current")
+        private = {name: workload.initial[name] for name in sorted(workload.private)}
+        self.private = stack_like(state["private"], private, "private", rows=devices)
+        self._logged = _rows_by_round(self.run.private_rows, workload.private, self.label)
 
 
 @register_protocol("flower")

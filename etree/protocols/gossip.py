@@ -78,6 +78,7 @@ from clients.params import ParamStack, replicate, select
 from clients.recommendation.metrics import DeviceModels
 from clients.streams import hashed_uniform
 from etree.core.errors import ProtocolError
+from etree.engine.checkpoint import expect, expect_array, expect_ids, expect_tensor, stack_like
 from etree.engine.protocol import Protocol, RoundCost, own_models
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
@@ -425,6 +426,38 @@ class GossipProtocol(Protocol):
                 workload.model, self.evaluation_models(), workload.x_test, workload.y_test
             )
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Models, ages, the pushes still in flight and the last cycle's senders; the overlay, transfer
+        times, period and phases are configuration ``setup`` derives from the spec, not state."""
+        in_flight = [
+            {"due": b.due, "receivers": b.receivers, "ages": b.ages, "params": b.params} for b in self.in_flight
+        ]
+        return {"params": self.params, "ages": self.ages, "in_flight": in_flight, "senders": self.senders}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """``setup`` rebuilds the overlay and its timing (deterministic; no training), then the state replaces
+        the initial models."""
+        self.setup(self.workload)
+        workload, devices = self.workload, self.workload.devices
+        self.params = stack_like(state["params"], workload.initial, "params", rows=devices)
+        self.ages = expect_tensor(state["ages"], "ages", torch.float64, (devices,))
+        shared = workload.shared(workload.initial)
+        self.in_flight = []
+        for index, raw in enumerate(expect(state["in_flight"], list, "in_flight")):
+            where = f"in_flight[{index}]"
+            batch = expect(raw, dict, where)
+            receivers = expect_ids(batch["receivers"], f"{where}.receivers", devices)
+            count = len(receivers)
+            self.in_flight.append(
+                InFlight(
+                    due=expect_array(batch["due"], f"{where}.due", np.int64, (count,)),
+                    receivers=receivers,
+                    ages=expect_tensor(batch["ages"], f"{where}.ages", torch.float64, (count,)),
+                    params=stack_like(batch["params"], shared, f"{where}.params", rows=count),
+                )
+            )
+        self.senders = expect_ids(state["senders"], "senders", devices)
 
     def structure(self) -> dict[str, Any]:
         out: dict[str, Any] = {

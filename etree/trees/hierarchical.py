@@ -21,6 +21,15 @@ decides which updates make it (dropout, deadlines, crashes). Only delivered
 updates are averaged; a device whose update was lost takes the model pushed
 down, as if it had not trained. ``failover`` (E-Tree) replaces a crashed head
 by the next delay-medoid of its cluster; without it the cluster is lost.
+
+Checkpoints (``state_dict``): the tree as failover left it, which clusters are
+lost, the model stack, late updates held for the next aggregation, the root's
+last model once it is gone, the per-link message counts and the structure's
+description (``tree.json``; E-Tree's comes from its builder, which a resumed run
+never calls: KMA and its pre-training are not rerun). Everything else (ancestor
+indices, public-node rows, weights, path costs) is derived again from the tree
+and the workload. ``tree_state``/``tree_from_state`` and ``timing_state``/
+``load_timing_state`` are shared with the Flower adapter, which times rounds the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import torch
 from clients.params import ParamStack, replicate
 from clients.recommendation.metrics import DeviceModels
 from etree.core.errors import ProtocolError
+from etree.engine.checkpoint import CheckpointError, expect, expect_array, expect_ids, expect_tensor, stack_like
 from etree.engine.protocol import Protocol, RoundCost
 from etree.engine.sampling import participants
 from etree.engine.workload import Workload
@@ -98,7 +108,17 @@ class TreeProtocol(Protocol):
     def setup(self, workload: Workload) -> None:
         self.workload = workload
         self.network = NetworkModel(workload.graph)
-        self.tree = self._build_tree(workload, self.network)
+        self._attach(self._build_tree(workload, self.network))
+        self.params = replicate(workload.initial, workload.devices)
+        self._stale: tuple[torch.Tensor, ParamStack] | None = None  # late updates kept for the next aggregation
+        self._frozen: ParamStack | None = None  # the root's last model, once the root is lost for good
+        # the builder's description (it alone knows how the tree came about), kept as the checkpoint keeps it
+        self._description = self._describe() if self._describe is not None else None
+
+    def _attach(self, tree: AggregationTree) -> None:
+        """Take ``tree`` and derive what the rounds read from it (set-up and ``load_state_dict``)."""
+        workload = self.workload
+        self.tree = tree
         ratios = self._ratios or [1] * self.tree.depth
         if len(ratios) != self.tree.depth:
             raise ProtocolError(
@@ -108,15 +128,12 @@ class TreeProtocol(Protocol):
         self.period = np.cumprod(ratios)  # layer l+1 aggregates every period[l] rounds
         self.network.prepare(int(h) for heads in self.tree.heads for h in heads)
         self.ancestors = [torch.from_numpy(self.tree.ancestors(layer)) for layer in range(1, self.tree.depth + 1)]
-        self.params = replicate(workload.initial, workload.devices)
         self.weights = workload.data.counts.to(torch.float32) if self._weighted else None
         self._setup_public()
         self.ledger = LinkLedger(self.network, workload.wire_bytes)
         self.timing = TreeTiming(
             self.tree, self.network, self.clock, workload.wire_bytes, failover=self._failover, ledger=self.ledger
         )
-        self._stale: tuple[torch.Tensor, ParamStack] | None = None  # late updates kept for the next aggregation
-        self._frozen: ParamStack | None = None  # the root's last model, once the root is lost for good
 
     def run_round(self, round_index: int) -> RoundCost:
         active = self._participants(round_index)
@@ -182,7 +199,7 @@ class TreeProtocol(Protocol):
         return DeviceModels(shared, row, private, devices)
 
     def structure(self) -> dict[str, Any]:
-        return self._describe() if self._describe is not None else self.tree.to_dict()
+        return self._description if self._description is not None else self.tree.to_dict()
 
     def resolve_node(self, node: str | int) -> int | None:
         """``server``/``root``: the tree's current root; ``head``: the live layer-1 head, not the root,
@@ -199,6 +216,39 @@ class TreeProtocol(Protocol):
 
     def link_loads(self) -> LinkLoad:
         return self.ledger.loads()
+
+    # -- checkpoints -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        stale = None if self._stale is None else {"devices": self._stale[0], "params": self._stale[1]}
+        return {
+            "tree": tree_state(self.tree),
+            "timing": timing_state(self.timing),
+            "params": self.params,
+            "stale": stale,
+            "frozen": self._frozen,
+            "ledger": ledger_state(self.ledger),
+            "description": self._description,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        workload = self.workload
+        self.network = NetworkModel(workload.graph)
+        self._attach(tree_from_state(state["tree"], workload.graph.number_of_nodes(), workload.devices))
+        load_timing_state(self.timing, state["timing"])
+        load_ledger_state(self.ledger, state["ledger"])
+        self.params = stack_like(state["params"], workload.initial, "params", rows=workload.devices)
+        self._stale = None
+        if state["stale"] is not None:
+            stale = expect(state["stale"], dict, "stale")
+            held = expect_tensor(stale["devices"], "stale.devices", torch.int64, (None,))
+            devices = torch.from_numpy(expect_ids(held.numpy(), "stale.devices", workload.devices))
+            self._stale = (devices, stack_like(stale["params"], workload.initial, "stale.params", rows=len(devices)))
+        shared = workload.shared(workload.initial)
+        self._frozen = None if state["frozen"] is None else stack_like(state["frozen"], shared, "frozen", rows=1)
+        description = state["description"]
+        if (description is None) != (self._describe is None):
+            raise CheckpointError("description: saved for a protocol without one, or missing for one with one")
+        self._description = None if description is None else expect(description, dict, "description")
 
     # -- numerics ----------------------------------------------------------
     def _setup_public(self) -> None:
@@ -291,3 +341,87 @@ class TreeProtocol(Protocol):
     def _compute_time(self, active: torch.Tensor) -> float:
         ids = active.numpy()
         return float(self.network.compute_s(ids, self.workload.epoch_flops[ids]).max(initial=0.0))
+
+
+# -- checkpoint pieces (shared with the Flower adapter) ------------------------
+def tree_state(tree: AggregationTree) -> dict[str, Any]:
+    """An aggregation tree as state: its head, parent and public-node arrays."""
+    return {"heads": list(tree.heads), "parents": list(tree.parents), "public": tree.public}
+
+
+def tree_from_state(state: Any, nodes: int, devices: int) -> AggregationTree:
+    """The tree ``tree_state`` saved, on a graph of ``nodes`` nodes whose first ``devices`` are devices."""
+    state = expect(state, dict, "tree")
+    heads = [
+        expect_ids(h, f"tree.heads[{layer}]", nodes)
+        for layer, h in enumerate(expect(state["heads"], list, "tree.heads"))
+    ]
+    parents = expect(state["parents"], list, "tree.parents")
+    if len(parents) != len(heads) or not heads:
+        raise CheckpointError(f"tree: {len(heads)} layer(s) of heads, {len(parents)} of parents")
+    tree = AggregationTree(
+        heads=tuple(heads),
+        parents=tuple(expect_ids(p, f"tree.parents[{layer}]", len(heads[layer])) for layer, p in enumerate(parents)),
+        public=expect_ids(state["public"], "tree.public", devices),
+    )
+    if tree.devices != devices:
+        raise CheckpointError(f"tree.parents[0]: places {tree.devices} devices, the workload has {devices}")
+    return tree
+
+
+def timing_state(timing: TreeTiming) -> dict[str, Any]:
+    """What a ``TreeTiming`` learns over the rounds besides its tree: lost clusters, the highest live layer."""
+    return {"lost": [sorted(int(k) for k in lost) for lost in timing.lost], "cap": int(timing.cap)}
+
+
+def load_timing_state(timing: TreeTiming, state: Any) -> None:
+    """Put ``timing_state``'s state into a ``TreeTiming`` made on the saved tree."""
+    state = expect(state, dict, "timing")
+    lost = expect(state["lost"], list, "timing.lost")
+    depth = timing.tree.depth
+    if len(lost) != depth:
+        raise CheckpointError(f"timing.lost: got {len(lost)} layer(s), the tree has {depth}")
+    timing.lost = []
+    for layer, clusters in enumerate(lost):
+        where = f"timing.lost[{layer}]"
+        ids = {expect(k, int, where) for k in expect(clusters, list, where)}
+        if any(not 0 <= k < len(timing.tree.heads[layer]) for k in ids):
+            raise CheckpointError(f"{where}: names a cluster the tree does not have")
+        timing.lost.append(ids)
+    cap = expect(state["cap"], int, "timing.cap")
+    if not 0 <= cap <= depth:
+        raise CheckpointError(f"timing.cap: got {cap}, the tree has {depth} layer(s)")
+    timing.cap = cap
+
+
+def ledger_state(ledger: LinkLedger) -> dict[str, Any]:
+    """A ``LinkLedger``'s message counts, sparse: its sources, how many targets each has, then the
+    targets and their counts, source after source."""
+    counts = ledger._counts  # the ledger's only state; etree.network.links keeps it to itself
+    sources = sorted(counts)
+    targets = [np.flatnonzero(counts[source]) for source in sources]
+    return {
+        "sources": np.array(sources, dtype=np.int64),
+        "lengths": np.array([len(t) for t in targets], dtype=np.int64),
+        "targets": np.concatenate([np.zeros(0, dtype=np.int64), *targets]),
+        "counts": np.concatenate(
+            [np.zeros(0, dtype=np.int64), *(counts[s][t] for s, t in zip(sources, targets, strict=True))]
+        ),
+    }
+
+
+def load_ledger_state(ledger: LinkLedger, state: Any) -> None:
+    """Put ``ledger_state``'s counts into a fresh ``LinkLedger``."""
+    state = expect(state, dict, "ledger")
+    nodes = ledger.network.nodes
+    sources = expect_ids(state["sources"], "ledger.sources", nodes)
+    lengths = expect_array(state["lengths"], "ledger.lengths", np.int64, (len(sources),))
+    targets = expect_ids(state["targets"], "ledger.targets", nodes)
+    counts = expect_array(state["counts"], "ledger.counts", np.int64, (len(targets),))
+    if len(np.unique(sources)) != len(sources) or (lengths < 0).any() or lengths.sum() != len(targets):
+        raise CheckpointError("ledger: needs distinct sources and one length per source, summing to the targets")
+    rows: dict[int, np.ndarray] = {}
+    for source, end, length in zip(sources.tolist(), np.cumsum(lengths).tolist(), lengths.tolist(), strict=True):
+        rows[source] = np.zeros(nodes, dtype=np.int64)
+        rows[source][targets[end - length : end]] = counts[end - length : end]
+    ledger._counts = rows
