@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
     sweep.add_argument("--out", type=Path, help="sweep folder (default: results/<spec name>_sweep)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--reference",
+        metavar="LABEL",
+        help="protocol every other one is compared with, paired by seed (t-test and Wilcoxon p-values)",
+    )
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     listing = commands.add_parser("list", help="list what a spec can name, with each option's type and default")
@@ -230,6 +235,7 @@ def _sweep(args: argparse.Namespace) -> int:
             jobs=args.jobs or default_jobs(),
             base_overrides=args.overrides,
             on_done=lambda folder, done, total: progress.update(str(Path(folder).relative_to(out)), done, total),
+            reference=args.reference,
         )
     print((out / "summary.md").read_text())
     return 0

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments.metrics_file import LinkRow, RunSeries, first_reaching, headline_metric, read_link_rows, read_metrics
+from experiments.metrics_file import (
+    LinkRow,
+    RunSeries,
+    Series,
+    first_reaching,
+    headline_metric,
+    read_link_rows,
+    read_metrics,
+)
 
 TARGET_FRACTION = 0.9
 
@@ -77,10 +85,45 @@ def render_summary(
             f"| {protocol} | {finals[protocol]:.4f} | {s.values.max():.4f} |{extra} {' | '.join(to_target)} "
             f"| {s.sim_time_s[-1]:.4g} | {_fmt_bytes(float(s.bytes_sent[-1]))} |"
         )
+    lines += equal_cost_lines(accuracy, metric)
     lines += cluster_balance_lines(structures)
     lines += _busiest_links(links, accuracy)
     lines += _faults(series)
     return "\n".join(lines) + "\n"
+
+
+def value_at(series: Series, axis: str, budget: float) -> float:
+    """The metric the devices hold once ``budget`` of ``axis`` (``sim_time_s``, ``bytes_sent``) is spent:
+    its last evaluation at or before it (the step curve the plots draw)."""
+    spent = getattr(series, axis)
+    reached = np.flatnonzero(spent <= budget * (1 + 1e-12))
+    return float(series.values[reached[-1]]) if len(reached) else float("nan")
+
+
+def equal_cost_lines(curves: Mapping[str, Series], metric: str) -> list[str]:
+    """The headline metric of every protocol at an equal budget: rounds (the fewest any protocol ran),
+    simulated time (when the first protocol that communicates finishes) and bytes (the fewest any of
+    them sent); a protocol that sends nothing (individual training) would make both budgets zero.
+
+    Equal rounds flatter protocols whose rounds are slow or costly; equal time and equal bytes are
+    what an edge deployment pays (DESIGN: results at equal rounds, time and bytes)."""
+    if len(curves) < 2:
+        return []
+    rounds = min(int(s.rounds[-1]) for s in curves.values())
+    senders = [s for s in curves.values() if s.bytes_sent[-1] > 0] or list(curves.values())
+    seconds = min(float(s.sim_time_s[-1]) for s in senders)
+    nbytes = min(float(s.bytes_sent[-1]) for s in senders)
+    lines = [
+        "",
+        f"## At equal cost ({metric} the devices hold)",
+        "",
+        f"| protocol | at round {rounds} | at {seconds:.4g} s | at {_fmt_bytes(nbytes)} |",
+        "|---|---|---|---|",
+    ]
+    for protocol, s in curves.items():
+        cells = [value_at(s, "rounds", rounds), value_at(s, "sim_time_s", seconds), value_at(s, "bytes_sent", nbytes)]
+        lines.append(f"| {protocol} | " + " | ".join("—" if np.isnan(v) else f"{v:.4f}" for v in cells) + " |")
+    return lines
 
 
 def _busiest_links(links: Iterable[LinkRow], protocols: Mapping[str, object]) -> list[str]:

@@ -134,10 +134,12 @@ def run_sweep(
     jobs: int = 1,
     base_overrides: Sequence[str] = (),
     on_done: Callable[[str, int, int], None] | None = None,
+    reference: str | None = None,
 ) -> Path:
     """Run every setting x seed (validating every spec first, so bad input fails before any run).
 
     ``grid`` and ``seeds`` extend or replace the spec's ``[sweep]`` table (3 seeds if neither says).
+    ``reference`` names the protocol the summary's paired tests compare every other one against.
     """
     plan = load_sweep_plan(spec_path, base_overrides)
     seeds = seeds if seeds is not None else plan.seeds or 3
@@ -146,7 +148,11 @@ def run_sweep(
     if jobs < 1:
         raise SpecError(f"--jobs: got {jobs}; must be >= 1")
     settings = grid_settings(merge_axes(plan.grid, parse_axes(grid)))
-    base_seed = load_spec(spec_path, list(base_overrides)).seed
+    base = load_spec(spec_path, list(base_overrides))
+    base_seed = base.seed
+    if reference is not None and reference not in (p.label for p in base.protocols):
+        labels = ", ".join(p.label for p in base.protocols)
+        raise SpecError(f"--reference: no protocol labelled {reference!r} in the spec; it has: {labels}")
     seed_list = [base_seed + k for k in range(seeds)]
     tasks = []
     first_run: dict[str, str] = {}  # a protocol's resolved inputs over all seeds -> the setting that runs it
@@ -174,6 +180,7 @@ def run_sweep(
         "seeds": seed_list,
         "settings": {s.name: list(s.overrides) for s in settings},
         "reused": reused,
+        "reference": reference,
     }
     atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
     if jobs == 1:

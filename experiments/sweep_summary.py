@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy import stats
 
 from experiments.metrics_file import metric_label
 from experiments.plots import save_figure
 from experiments.results import atomic_write_text
 from experiments.study_plot import write_study
-from experiments.sweep_files import confidence, sweep_curves
+from experiments.sweep_files import SWEEP_FILE, confidence, sweep_curves, sweep_runs
 
 
 def summarise_sweep(out: Path) -> list[Path]:
@@ -52,6 +54,59 @@ def summarise_sweep(out: Path) -> list[Path]:
         ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    lines += paired_lines(out, metric)
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     save_figure(figure, out / "sweep.png")
     return [out / "summary.md", out / "sweep.png", *(write_study(out) or ())]
+
+
+def paired_lines(out: Path, metric: str) -> list[str]:
+    """Against the sweep's ``reference`` protocol (``etree sweep --reference``): per setting and
+    protocol, the final-metric difference paired by seed, its mean with a 95% CI (Student t), and
+    the paired t-test's and Wilcoxon signed-rank test's two-sided p-values (``scipy.stats``)."""
+    reference = json.loads((out / SWEEP_FILE).read_text()).get("reference")
+    if not reference:
+        return []
+    finals: dict[str, dict[str, dict[int, float]]] = {}
+    for _, overrides, seed, runs in sweep_runs(out):
+        setting = ", ".join(overrides) or "base"
+        for protocol, metrics in runs.items():
+            if metric in metrics:
+                finals.setdefault(setting, {}).setdefault(protocol, {})[seed] = float(metrics[metric].values[-1])
+    lines = [
+        "",
+        f"## Paired over seeds: final {metric} minus {reference}'s",
+        "",
+        "| setting | protocol | seeds | mean difference ± 95% CI | paired t p | Wilcoxon p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, protocols in finals.items():
+        base = protocols.get(reference, {})
+        for protocol, by_seed in protocols.items():
+            seeds = sorted(set(by_seed) & set(base))
+            if protocol == reference or not seeds:
+                continue
+            diff = np.array([by_seed[k] - base[k] for k in seeds])
+            mean, half = confidence(diff)
+            t_p, w_p = paired_p_values(diff)
+            lines.append(
+                f"| {setting} | {protocol} | {len(seeds)} | {float(mean):+.4f} ± {float(half):.4f} "
+                f"| {_p(t_p)} | {_p(w_p)} |"
+            )
+    return lines
+
+
+def paired_p_values(diff: np.ndarray) -> tuple[float, float]:
+    """Two-sided p-values of the paired t-test and the Wilcoxon signed-rank test on differences
+    (NaN with fewer than two seeds; 1 when every difference is zero)."""
+    if len(diff) < 2:
+        return float("nan"), float("nan")
+    if np.all(diff == 0):
+        return 1.0, 1.0
+    t_p = float(stats.ttest_1samp(diff, 0.0).pvalue)
+    w_p = float(stats.wilcoxon(diff).pvalue)
+    return t_p, w_p
+
+
+def _p(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:.3g}"

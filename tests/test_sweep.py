@@ -14,6 +14,7 @@ from experiments.runner import run_spec
 from experiments.spec import SpecError, apply_overrides, load_spec, override_text, spec_from_dict, sweep_plan
 from experiments.sweep import merge_axes, only, parse_axes, parse_grid
 from experiments.sweep_files import confidence
+from experiments.sweep_summary import paired_p_values
 
 
 def test_grid_is_the_product_and_keeps_bracketed_values_whole():
@@ -194,3 +195,26 @@ def test_sweep_reports_each_finished_run_with_the_count(tiny_spec, tmp_path):
     run_sweep(tiny_spec, out, seeds=2, base_overrides=["rounds=1"], on_done=lambda f, d, t: seen.append((f, d, t)))
     assert [(done, total) for _, done, total in seen] == [(1, 2), (2, 2)]
     assert sorted(folder for folder, _, _ in seen) == sorted(str(p) for p in out.glob("*/seed*"))
+
+
+def test_paired_p_values_match_scipy_and_handle_degenerate_seeds():
+    diff = np.array([0.02, 0.03, -0.01, 0.04, 0.05])
+    t_p, w_p = paired_p_values(diff)
+    assert t_p == pytest.approx(stats.ttest_rel(diff + 1.0, np.ones(5)).pvalue)
+    assert w_p == pytest.approx(stats.wilcoxon(diff).pvalue)
+    assert paired_p_values(np.zeros(4)) == (1.0, 1.0)
+    assert all(np.isnan(paired_p_values(np.array([0.1]))))
+
+
+def test_sweep_reference_gives_paired_differences(tmp_path):
+    spec = tmp_path / "two.toml"
+    spec.write_text(TINY_SPEC + '\n[[protocols]]\nname = "individual"\n')
+    out = tmp_path / "sweep"
+    args = ["sweep", str(spec), "--seeds", "3", "--jobs", "1", "--set", "rounds=2", "--out", str(out)]
+    assert main([*args, "--reference", "fedavg"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "## Paired over seeds: final accuracy minus fedavg's" in summary
+    paired = summary.split("minus fedavg's")[1]
+    rows = [line for line in paired.splitlines() if line.startswith("| base |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["individual", "3"]]
+    assert main([*args, "--reference", "nobody"]) == 2
