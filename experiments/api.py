@@ -24,19 +24,22 @@ from typing import Any, overload
 import pandas as pd
 from matplotlib.figure import Figure
 
-from experiments.checkpoints import load_checkpoint, save_checkpoint
+from experiments.checkpoints import CHECKPOINT_DIR, STATE_FILE, load_checkpoint, save_checkpoint
+from experiments.interrupts import RunInterrupted, signal_of
 from experiments.metrics_file import (
-    RunFolderError,
     RunSeries,
     group_series,
     read_link_rows,
     read_metric_rows,
+    read_spec_table,
+    read_tree,
 )
 from experiments.plots import convergence_figure, save_figure
 from experiments.progress import RoundProgress
 from experiments.results import LINK_COLUMNS, METRIC_COLUMNS, link_rows, metric_rows, write_run
+from experiments.run_folder import RunFolderError, check_replaceable, prepare_target
 from experiments.runner import RunCheckpoint, RunOutput, run_spec
-from experiments.spec import Spec, SpecError, load_spec, raw_spec, set_values, spec_from_dict
+from experiments.spec import Spec, SpecError, raw_spec, set_values, spec_from_dict
 from experiments.summary import render_summary
 
 SpecSource = str | os.PathLike[str] | Mapping[str, Any] | Spec
@@ -103,8 +106,15 @@ def run(
     validated as ``etree run --set`` is. ``out=None`` writes nothing at all. ``progress`` shows
     the progress bar of ``etree run``; ``checkpoint_every`` rounds (0: never) a checkpoint goes
     into ``out`` so that :func:`resume` can continue an interrupted run.
+
+    ``out`` must be a folder etree may replace (new, empty, or one etree wrote with nothing added);
+    that, and that it can be written, is checked before the run starts. An interrupt (Ctrl-C) ends
+    the run with :class:`~experiments.interrupts.RunInterrupted`, whose text says where it stopped
+    and, when a checkpoint was taken, how to resume.
     """
-    return _execute(resolve_spec(spec, overrides), None if out is None else Path(out), None, progress, checkpoint_every)
+    resolved = resolve_spec(spec, overrides)
+    target = None if out is None else prepare_target(out, "out")
+    return _execute(resolved, target, None, progress, checkpoint_every)
 
 
 def resume(run_dir: RunFolder, *, progress: bool = False, checkpoint_every: int = 0) -> RunResult:
@@ -112,18 +122,19 @@ def resume(run_dir: RunFolder, *, progress: bool = False, checkpoint_every: int 
     there, and write its run folder; the records equal those of the run left alone."""
     out = Path(run_dir)
     spec, checkpoint = load_checkpoint(out)
+    check_replaceable(out, "--resume")
     return _execute(spec, out, checkpoint, progress, checkpoint_every)
 
 
 def load_run(run_dir: RunFolder) -> RunResult:
-    """Read a run folder written by ``etree run`` (or :func:`run` with ``out``) back into a result."""
+    """Read a run folder written by ``etree run`` (or :func:`run` with ``out``) back into a result;
+    a file that is not the one etree wrote (cut, edited) is refused."""
     out = Path(run_dir)
     if not (out / "spec.toml").is_file():
         raise RunFolderError(f"run folder: '{out / 'spec.toml'}' not found; pass a folder written by 'etree run'")
-    tree_file = out / "tree.json"
-    tree = json.loads(tree_file.read_text()) if tree_file.is_file() else {}
+    tree = read_tree(out)
     return RunResult(
-        spec=load_spec(out / "spec.toml"),
+        spec=spec_from_dict(read_spec_table(out)),
         metrics=_frame(read_metric_rows(out), METRIC_DTYPES),
         links=_frame(read_link_rows(out), LINK_DTYPES),
         structures=tree.get("protocols", {}),
@@ -150,13 +161,30 @@ def _execute(
     if checkpoint_every and out is None:
         raise SpecError("checkpoint_every: checkpoints go into the run folder; give out too, or checkpoint_every=0")
     on_checkpoint = partial(save_checkpoint, out, spec) if out is not None and checkpoint_every else None
-    with RoundProgress(spec, enabled=progress) as bar:
-        output = run_spec(
-            spec, on_round=bar.update, resume=start, checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint
-        )
-    if out is not None:
-        write_run(output, out)
+    where: list[tuple[str, int]] = []  # the protocol and round reported last
+
+    def on_round(label: str, round_index: int, sim_time_s: float) -> None:
+        where[:] = [(label, round_index)]
+        bar.update(label, round_index, sim_time_s)
+
+    try:
+        with RoundProgress(spec, enabled=progress) as bar:
+            output = run_spec(
+                spec, on_round=on_round, resume=start, checkpoint_every=checkpoint_every, on_checkpoint=on_checkpoint
+            )
+        if out is not None:
+            write_run(output, out)
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(_interrupted(where, out), signal_of(exc)) from exc
     return _result(output, out)
+
+
+def _interrupted(where: list[tuple[str, int]], out: Path | None) -> str:
+    """The one line an interrupted run ends with: where it stopped and how to go on."""
+    at = f"at round {where[0][1]} of {where[0][0]}" if where else "before its first round"
+    if out is not None and (out / CHECKPOINT_DIR / STATE_FILE).is_file():
+        return f"interrupted {at}; resume with: etree run --resume {out}"
+    return f"interrupted {at}; no checkpoint was taken yet, so start it again with etree run"
 
 
 def _result(output: RunOutput, out: Path | None) -> RunResult:

@@ -48,10 +48,10 @@ from etree.core.errors import EtreeError
 from etree.engine.checkpoint import CheckpointError, RunSnapshot, expect, expect_array, pack_state, unpack_state
 from etree.engine.protocol import Record
 from etree.network.links import LinkLoad
+from experiments.run_folder import CHECKPOINT_DIR
 from experiments.runner import RunCheckpoint
 from experiments.spec import Spec, SpecError, load_spec
 
-CHECKPOINT_DIR = "checkpoint"
 SPEC_FILE = "spec.toml"
 STATE_FILE = "state.json"  # written last: its replacement commits a checkpoint
 LEGACY_STATE_FILE = "state.pkl"  # format 1 (a pickle): never opened

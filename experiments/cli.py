@@ -1,8 +1,10 @@
 """The ``etree`` command: ``run`` a spec, ``plot`` a run folder, ``list`` what a spec can name.
 
 ``etree run`` is a thin layer over the Python API (``experiments.api``). Bad input of
-any kind ends with exit status 2 and one ``error:`` line on stderr naming the field;
-nothing half-written is left behind.
+any kind, a command line argparse cannot read included, ends with exit status 2 and one
+``error:`` line on stderr naming the field; nothing half-written is left behind, and no
+folder etree did not write is replaced (``experiments.run_folder``). Ctrl-C and SIGTERM end
+a command with one line saying where it stopped (exit status 130 and 143).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from etree.core.errors import EtreeError
 from etree.core.version import __version__
+from experiments.interrupts import RunInterrupted, exit_status, terminate_as_interrupt
 
 if TYPE_CHECKING:  # the commands import their modules lazily, so `etree --help` stays fast
     from etree.engine.workload import Workload
@@ -26,8 +29,24 @@ DEFAULT_CHECKPOINT_EVERY = 5
 LISTS = ("protocols", "models", "datasets", "topologies", "partitions")
 
 
+class UsageError(EtreeError):
+    """A command line argparse cannot read: the one ``error:`` line (exit 2) every other mistake gets."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _path(text: str) -> Path:
+    """An ``--out`` value: a path, never empty (``Path("")`` would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a path such as results/mine")
+    return Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etree", description="Decentralized edge federated learning simulator.")
+    parser = _Parser(prog="etree", description="Decentralized edge federated learning simulator.")
     parser.add_argument("--version", action="version", version=f"etree {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run an experiment spec and write its run folder")
@@ -40,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a spec value, e.g. --set topology.devices=200 (repeatable)",
     )
-    run.add_argument("--out", type=Path, help="run folder (default: results/<spec name>)")
+    run.add_argument("--out", type=_path, help="run folder (default: results/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
         "--checkpoint-every",
@@ -59,12 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     tree.add_argument("spec", help="TOML spec with a tree protocol (etree, grouped, hierfavg)")
     tree.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tree.add_argument("--protocol", help="label of the protocol whose tree to show (default: the first with clusters)")
-    tree.add_argument("--out", type=Path, help="PNG path (default: results/<spec name>/tree_<label>.png)")
+    tree.add_argument("--out", type=_path, help="PNG path (default: results/<spec name>/tree_<label>.png)")
     table3 = commands.add_parser("table3", help="run the E-Tree paper's Table 3 (IID and non-IID, several seeds)")
     table3.add_argument("spec", nargs="?", default=str(Path(__file__).with_name("paper_table3.toml")))
     table3.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
     table3.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    table3.add_argument("--out", type=Path, default=Path("results") / "paper_table3")
+    table3.add_argument("--out", type=_path, default=Path("results") / "paper_table3")
     table3.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep = commands.add_parser("sweep", help="run the product of grid settings x seeds; mean curves with 95%% CIs")
     sweep.add_argument("spec")
@@ -79,13 +98,22 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, help="seeds per setting (default: the spec's [sweep] seeds, else 3)")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
-    sweep.add_argument("--out", type=Path, help="sweep folder (default: results/<spec name>_sweep)")
+    sweep.add_argument("--out", type=_path, help="sweep folder (default: results/<spec name>_sweep)")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     sweep.add_argument(
         "--reference",
         metavar="LABEL",
         help="protocol every other one is compared with, paired by seed (t-test and Wilcoxon p-values)",
     )
+    tune = commands.add_parser("tune", help="pick each protocol's training settings on the validation split")
+    tune.add_argument("spec")
+    tune.add_argument(
+        "--grid", action="append", default=[], metavar="train.KEY=V1,V2", help="e.g. --grid train.lr=0.01,0.05,0.1"
+    )
+    tune.add_argument("--seeds", type=int, default=1, help="seeds per value (default 1)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--out", type=Path, help="folder for tuned.toml and tune.md (default: results/<spec name>_tune)")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     listing = commands.add_parser("list", help="list what a spec can name, with each option's type and default")
@@ -102,6 +130,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from experiments.api import resume, run
+    from experiments.run_folder import prepare_target
     from experiments.spec import SpecError, load_spec
 
     if args.checkpoint_every < 0:
@@ -113,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         result = resume(out, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
     else:
         spec = load_spec(args.spec or DEFAULT_SPEC, args.overrides)
-        out = args.out or Path("results") / spec.name
+        out = prepare_target(args.out or Path("results") / spec.name, "--out" if args.out else "name")
         result = run(spec, out=out, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
     print(f"wrote {out}/ (metrics.csv, summary.md, convergence.png, spec.toml, tree.json)")
     print(result.summary())
@@ -157,25 +186,41 @@ def _list(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from experiments.plots import plot_run
-    from experiments.results import atomic_write_text
+    from experiments.run_folder import RunFolderError, add_to_marker, atomic_write_text, read_marker
     from experiments.summary import summary_markdown
     from experiments.sweep_files import is_sweep
     from experiments.sweep_summary import summarise_sweep
 
+    if not args.run_dir.is_dir():
+        raise RunFolderError(f"run folder: '{args.run_dir}' not found; pass a folder written by 'etree run'")
+    marker = read_marker(args.run_dir)
     if is_sweep(args.run_dir):
-        print(f"wrote {', '.join(str(path) for path in summarise_sweep(args.run_dir))}")
+        if marker is None or marker["kind"] != "sweep":
+            raise RunFolderError(
+                f"run folder: '{args.run_dir}' has a sweep.json but no etree sweep marker; rerun the sweep"
+            )
+        written = summarise_sweep(args.run_dir)
+        add_to_marker(args.run_dir, [path.name for path in written])
+        print(f"wrote {', '.join(str(path) for path in written)}")
         return 0
+    if marker is not None and marker["kind"] != "run":
+        raise RunFolderError(f"run folder: '{args.run_dir}' holds an etree {marker['kind']} folder, not a run")
+    summary = summary_markdown(args.run_dir)  # every file checked before anything is redrawn
     path = plot_run(args.run_dir)
-    atomic_write_text(args.run_dir / "summary.md", summary_markdown(args.run_dir))
+    atomic_write_text(args.run_dir / "summary.md", summary)
+    add_to_marker(args.run_dir, [path.name, "summary.md"])
     print(f"wrote {path} and {args.run_dir / 'summary.md'}")
     return 0
 
 
 def _tree(args: argparse.Namespace) -> int:
+    from experiments.run_folder import prepare_drawing, spec_sha256
     from experiments.runner import build_workload
     from experiments.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    if args.out is not None:  # before the tree is built; the default path is known once the protocol is
+        prepare_drawing(args.out, spec_sha256(spec.to_dict()), "--out")
     workload, _, _ = build_workload(spec)
     try:
         return _show_tree(args, spec, workload)
@@ -188,6 +233,8 @@ def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
     from rich.console import Console
 
     from etree.protocols import make_protocol
+    from experiments.run_folder import prepare_drawing, record_drawing, spec_sha256
+    from experiments.runner import protocol_workload
     from experiments.spec import SpecError
     from experiments.tree_view import draw_tree, outline
 
@@ -197,7 +244,7 @@ def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
         raise SpecError(f"--protocol: no protocol labelled {args.protocol!r}; the spec has: {labels}")
     for entry in chosen:
         protocol = make_protocol(entry.name, entry.label, dict(entry.options))
-        protocol.setup(workload)
+        protocol.setup(protocol_workload(workload, entry))  # its own train values: KMA pre-trains with them
         structure = protocol.structure()
         if (
             structure is None
@@ -206,6 +253,7 @@ def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
         ):
             continue
         out = args.out or Path("results") / spec.name / f"tree_{entry.label}.png"
+        new_folder = prepare_drawing(out, spec_sha256(spec.to_dict()), "--out" if args.out else "name")
         out.parent.mkdir(parents=True, exist_ok=True)
         Console().print(outline(structure, entry.label))
         draw_tree(
@@ -214,9 +262,23 @@ def _show_tree(args: argparse.Namespace, spec: Spec, workload: Workload) -> int:
             out,
             title=f"{entry.label} tree over {spec.topology.kind} ({workload.devices} devices)",
         )
+        record_drawing(out, spec_sha256(spec.to_dict()), new_folder)
         print(f"wrote {out}")
         return 0
     raise SpecError("protocols: no protocol in this spec builds a tree with clusters (use etree, grouped or hierfavg)")
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from experiments.progress import BatchProgress
+    from experiments.spec import load_spec
+    from experiments.tune import tune
+
+    out = args.out or Path("results") / f"{load_spec(args.spec, args.overrides).name}_tune"
+    with BatchProgress("tune", enabled=not args.quiet) as progress:
+        tune(Path(args.spec), out, grid=args.grid, seeds=args.seeds, overrides=args.overrides, on_done=progress.update)
+    print((out / "tune.md").read_text())
+    print(f"wrote {out / 'tuned.toml'} (run it with: etree run {out / 'tuned.toml'})")
+    return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -232,7 +294,7 @@ def _sweep(args: argparse.Namespace) -> int:
             out,
             grid=args.grid,
             seeds=args.seeds,
-            jobs=args.jobs or default_jobs(),
+            jobs=default_jobs() if args.jobs is None else args.jobs,
             base_overrides=args.overrides,
             on_done=lambda folder, done, total: progress.update(str(Path(folder).relative_to(out)), done, total),
             reference=args.reference,
@@ -255,14 +317,31 @@ def _table3(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        commands = {"run": _run, "plot": _plot, "tree": _tree, "table3": _table3, "sweep": _sweep, "list": _list}
-        return commands[args.command](args)
-    except EtreeError as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    commands = {
+        "run": _run,
+        "plot": _plot,
+        "tree": _tree,
+        "table3": _table3,
+        "sweep": _sweep,
+        "tune": _tune,
+        "list": _list,
+    }
+    with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does
+        try:
+            args = _parser().parse_args(argv)
+            return commands[args.command](args)
+        except EtreeError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            line = (
+                str(exc)
+                if isinstance(exc, RunInterrupted)
+                else "interrupted; nothing half-written is left, and runs that finished are kept"
+            )
+            print(line, file=sys.stderr)
+            return exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.metrics_file import read_metrics
-from experiments.results import atomic_write_text, write_run
-from experiments.runner import run_spec
+from experiments.results import write_run
+from experiments.run_folder import atomic_write_text, batch_folder
+from experiments.runner import check_workload, run_spec
 from experiments.spec import Spec, load_spec
 
 # Table 3 of the paper, final accuracy (%): (IID, non-IID).
@@ -48,32 +49,31 @@ def run_table3(
     """Run every setting and seed, write the run folders and the Table 3 summary."""
     finals: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, list[dict[str, np.ndarray]]] = {setting: [] for setting, _ in SETTINGS}
-    spec: Spec | None = None
-    done, total = 0, len(SETTINGS) * seeds
+    planned: list[tuple[str, Spec]] = []  # every spec checked before the first run
     for setting, extra in SETTINGS:
-        for k in range(seeds):
-            spec = load_spec(spec_path, [*overrides, *extra])
-            spec = load_spec(spec_path, [*overrides, *extra, f"seed={spec.seed + k}"])
+        first = load_spec(spec_path, [*overrides, *extra]).seed
+        planned += [(setting, load_spec(spec_path, [*overrides, *extra, f"seed={first + k}"])) for k in range(seeds)]
+        check_workload(planned[-1][1])
+    with batch_folder(out, "table3", [*(setting for setting, _ in SETTINGS), "summary.md"], "--out"):
+        for done, (setting, spec) in enumerate(planned, start=1):
             folder = write_run(run_spec(spec), out / setting / f"seed{spec.seed}")
-            done += 1
             if on_done is not None:
-                on_done(f"{setting} seed {spec.seed}", done, total)
+                on_done(f"{setting} seed {spec.seed}", done, len(planned))
             series = read_metrics(folder)
             curves[setting].append({protocol: metrics["accuracy"].values for protocol, metrics in series.items()})
             for protocol, metrics in series.items():
                 finals.setdefault(protocol, {}).setdefault(setting, []).append(float(metrics["accuracy"].values[-1]))
-    assert spec is not None
-    rounds = read_metrics(folder)["fedavg"]["accuracy"].rounds if "fedavg" in finals else np.zeros(0)
-    text = table3_markdown(finals, spec, seeds) + per_round_markdown(curves["noniid"], rounds)
-    atomic_write_text(out / "summary.md", text)
+        rounds = read_metrics(folder)["fedavg"]["accuracy"].rounds if "fedavg" in finals else np.zeros(0)
+        text = table3_markdown(finals, spec, seeds) + per_round_markdown(curves["noniid"], rounds)
+        atomic_write_text(out / "summary.md", text)
     return out
 
 
 def per_round_markdown(runs: list[dict[str, np.ndarray]], rounds: np.ndarray, after: int = 10) -> str:
     """Non-IID, every evaluation after round ``after``: E-Tree's largest gap to FedAvg, and the ordering."""
-    if not runs or "fedavg" not in runs[0] or not len(rounds):
-        return ""
     late = rounds > after
+    if not runs or "fedavg" not in runs[0] or not late.any():  # a short run has no evaluation after ``after``
+        return ""
     lines = ["", f"Non-IID, per round, at every evaluation after round {after} (each seed):", ""]
     for protocol in sorted(p for p in runs[0] if p.startswith("etree")):
         gaps = [100 * np.abs(run[protocol] - run["fedavg"])[late].max() for run in runs]

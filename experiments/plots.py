@@ -8,7 +8,6 @@ no backend to be drawn or saved, and a notebook that draws it keeps its own back
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +18,7 @@ if matplotlib.get_backend(auto_select=False) is None:  # nobody chose one: the C
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from experiments.metrics_file import RunSeries, Series, headline_metric, metric_label, read_metrics
+from experiments.metrics_file import RunSeries, Series, headline_metric, metric_label, read_metrics, read_spec_table
 
 AXES = (
     ("rounds", "round (one local epoch of every device)", False),
@@ -80,8 +79,8 @@ def convergence_figure(everything: RunSeries, name: str) -> Figure:
                 )
         ax.set_xlabel(AXES[index][1] if index < len(AXES) else ROOT_AXIS, fontsize=9)
         ax.set_ylabel(metric_label(metric))
-        if index < len(AXES) and AXES[index][2]:
-            ax.set_xscale("log")
+        if index < len(AXES) and AXES[index][2] and any(len(line.get_xdata()) for line in ax.get_lines()):
+            ax.set_xscale("log")  # not when nothing was sent (one device): a log axis needs a positive x
         ax.grid(alpha=0.3)
     crashed = any("crash" in m for m in series.values())
     axes[0].legend(title="protocol (dotted: a crash)" if crashed else "protocol", fontsize=8)
@@ -90,9 +89,8 @@ def convergence_figure(everything: RunSeries, name: str) -> Figure:
 
 
 def run_name(run_dir: Path) -> str:
-    """The spec's name (the folder may still be a staging folder while it is written)."""
-    spec = run_dir / "spec.toml"
-    return str(tomllib.loads(spec.read_text()).get("name", run_dir.name)) if spec.is_file() else run_dir.name
+    """The spec's name, from the folder's checked ``spec.toml``."""
+    return str(read_spec_table(run_dir).get("name", run_dir.name))
 
 
 def save_figure(figure: Figure, path: Path) -> Path:

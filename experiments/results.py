@@ -1,8 +1,11 @@
-"""Writing a run folder: every file complete or absent, never half-written.
+"""Writing a run folder: every file complete or absent, never half-written, and never over a folder
+etree did not write.
 
 The folder is assembled in a temporary sibling and swapped into place only
-when every file is written, so a failed run leaves the previous results of the
-same name untouched. The summary and plots are computed from the run's rows in
+when every file is written, so a failed or interrupted run leaves the previous
+results of the same name untouched. Its marker (``etree.json``,
+:mod:`experiments.run_folder`) says etree wrote it and records what the read-back
+files hold; only a folder etree owns is replaced. The summary and plots are computed from the run's rows in
 memory, the same rows ``metrics.csv`` and ``links.csv`` hold, so ``etree plot``
 redraws them identically from the files.
 """
@@ -23,7 +26,9 @@ import tomli_w
 
 from etree.engine.protocol import Record
 from etree.network.links import LinkLoad
+from experiments.interrupts import interrupts_deferred
 from experiments.metrics_file import LinkRow, MetricRow, group_series
+from experiments.run_folder import check_replaceable, spec_sha256, write_marker
 from experiments.runner import RunOutput
 from experiments.summary import render_summary
 from topologies import write_graphml
@@ -38,19 +43,6 @@ def topology_file(nodes: int) -> str:
 
 METRIC_COLUMNS = ("protocol", "round", "sim_time_s", "bytes_sent", "metric", "value")
 LINK_COLUMNS = ("protocol", "u", "v", "messages", "bytes_sent")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def metric_rows(records: Iterable[Record]) -> Iterator[MetricRow]:
@@ -86,13 +78,15 @@ def links_csv(links: Mapping[str, LinkLoad]) -> str:
     return buffer.getvalue()
 
 
-def write_run(result: RunOutput, out_dir: Path) -> Path:
+def write_run(result: RunOutput, out_dir: Path, field: str = "out") -> Path:
     """Write ``spec.toml``, ``metrics.csv``, ``links.csv``, ``tree.json``, ``topology.graphml[.gz]``,
-    ``summary.md`` and plots."""
+    ``summary.md``, plots and the marker; ``out_dir`` must be a folder etree may replace (``field``
+    names it in the error)."""
     from experiments.plots import convergence_figure, save_figure
     from experiments.tree_view import draw_tree
 
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, field)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
     try:
@@ -110,6 +104,8 @@ def write_run(result: RunOutput, out_dir: Path) -> Path:
         for label, tree in result.structures.items():
             if "layers" in tree and len(tree["layers"][0]["clusters"]) > 1:
                 draw_tree(result.graph, tree, staging / f"tree_{label}.png", title=f"{label} aggregation tree")
+        write_marker(staging, "run", [p.name for p in staging.iterdir()], spec_sha256(result.spec.to_dict()))
+        check_replaceable(out_dir, field)  # again: the run took a while, and the folder may have changed
         _swap_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -118,11 +114,13 @@ def write_run(result: RunOutput, out_dir: Path) -> Path:
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging``; the old folder is removed only after the rename."""
-    if out_dir.exists():
-        retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+    """Replace ``out_dir`` by ``staging``; the old folder is removed only after the rename, and an
+    interrupt waits until both renames are done."""
+    with interrupts_deferred():
+        if out_dir.exists():
+            retired = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, retired)
+            os.replace(staging, out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)

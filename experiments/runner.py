@@ -4,11 +4,16 @@ The one root seed is split with ``numpy.random.SeedSequence.spawn`` into named
 streams (topology, data, init, training), so changing one part of a spec does
 not reshuffle the randomness of the others. All protocols of a run share the
 same workload and training stream (common random numbers), so their curves
-differ only by what the protocols do.
+differ only by what the protocols do; a ``[[protocols]]`` table's own ``train``
+replaces ``[train]``'s values in that protocol's workload alone.
+
+The validation split (``[data] validation_fraction``) is carved from the training
+data before partitioning, so no device holds a validation sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,7 +23,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from clients.classification.datasets import Dataset
+from clients.classification.datasets import Dataset, split_validation
 from clients.classification.fleet import pack_fleet
 from clients.classification.models import build_model
 from clients.datasets import load_dataset
@@ -30,13 +35,13 @@ from clients.train_config import TrainConfig
 from etree.backends import make_trainer
 from etree.backends.base import Trainer
 from etree.engine.checkpoint import RunSnapshot
-from etree.engine.loop import run_protocol
+from etree.engine.loop import prepare_protocol, run_protocol
 from etree.engine.protocol import Record
 from etree.engine.workload import Workload
 from etree.network.heterogeneity import apply_heterogeneity
 from etree.network.links import LinkLoad
 from etree.protocols import make_protocol
-from experiments.spec import Spec, SpecError
+from experiments.spec import ProtocolSpec, Spec, SpecError
 from topologies import build_topology
 
 STREAMS = ("topology", "data", "init", "training", "network")  # append only: earlier streams keep their seeds
@@ -93,6 +98,7 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[n
     dataset = load_dataset(spec.data.dataset, seed=seeds["data"], devices=devices, **dataset_options)
     if isinstance(dataset, Interactions):
         return _recommender_workload(spec, graph, dataset, seeds), dataset, _user_parts(spec, dataset, seeds)
+    dataset, x_val, y_val = split_validation(dataset, spec.data.validation_fraction, seeds["data"])
     parts = partition_indices(
         dataset.y_train,
         devices,
@@ -120,8 +126,18 @@ def build_workload(spec: Spec) -> tuple[Workload, Dataset | Interactions, list[n
         rounds=spec.rounds,
         network=spec.network,
         trainer=_trainer(spec),
+        x_val=torch.from_numpy(x_val),
+        y_val=torch.from_numpy(y_val),
     )
     return workload, dataset, parts
+
+
+def protocol_workload(workload: Workload, protocol: ProtocolSpec) -> Workload:
+    """The workload one protocol runs on: the run's, with that protocol's own ``train`` values (if any)
+    in place of ``[train]``'s, so its local training (and FLOPs, and KMA's pre-training) use them."""
+    if not protocol.train:
+        return workload
+    return dataclasses.replace(workload, train=dataclasses.replace(workload.train, **protocol.train))
 
 
 def _data_options(spec: Spec) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -181,7 +197,7 @@ def _recommender_workload(spec: Spec, graph: nx.Graph, data: Interactions, seeds
     )
 
 
-def _partition_summary(dataset: Dataset | Interactions, parts: list[np.ndarray]) -> dict[str, Any]:
+def _partition_summary(dataset: Dataset | Interactions, parts: list[np.ndarray], validation: int) -> dict[str, Any]:
     sizes = np.array([len(p) for p in parts])
     if isinstance(dataset, Interactions):
         per_user = dataset.user_counts
@@ -201,11 +217,19 @@ def _partition_summary(dataset: Dataset | Interactions, parts: list[np.ndarray])
         }
     return {
         "dataset": dataset.name,
-        "train_samples": len(dataset.y_train),
+        "train_samples": len(dataset.y_train),  # what the devices hold, the validation split carved off
+        "validation_samples": validation,
         "test_samples": len(dataset.y_test),
         "samples_per_device": {"min": int(sizes.min()), "mean": float(sizes.mean()), "max": int(sizes.max())},
         "classes_per_device_mean": float(np.mean([len(np.unique(dataset.y_train[p])) for p in parts])),
     }
+
+
+def check_workload(spec: Spec) -> None:
+    """Build ``spec``'s workload and drop it, so what depends on the data and the network (a
+    partition, a topology file, a dataset option) fails before a batch of runs starts."""
+    workload, _, _ = build_workload(spec)
+    workload.trainer.close()
 
 
 def run_spec(
@@ -223,8 +247,9 @@ def run_spec(
     """
     workload, dataset, parts = build_workload(spec)
     protocols = [make_protocol(p.name, p.label, dict(p.options)) for p in spec.protocols]
+    workloads = [protocol_workload(workload, p) for p in spec.protocols]
     result = RunOutput(spec, workload.graph)
-    result.partition_summary = _partition_summary(dataset, parts)
+    result.partition_summary = _partition_summary(dataset, parts, len(workload.y_val))
     start = resume or RunCheckpoint(protocol_index=0)
     result.records = list(start.records)
     result.structures = dict(start.structures)
@@ -238,15 +263,22 @@ def run_spec(
             )
 
     try:
+        # every protocol still to start is set up before the first round of any: a check that depends
+        # on the workload (groups larger than the fleet, gossip on one device) fails before anything ran
+        restored = start.protocol_index if start.snapshot is not None else None
+        for index in range(start.protocol_index, len(protocols)):
+            if index != restored:
+                prepare_protocol(protocols[index], workloads[index])
         for index, protocol in enumerate(protocols[start.protocol_index :], start=start.protocol_index):
             for record in run_protocol(
                 protocol,
-                workload,
+                workloads[index],
                 rounds=spec.rounds,
                 eval_every=spec.eval_every,
-                resume=start.snapshot if index == start.protocol_index else None,
+                resume=start.snapshot if index == restored else None,
                 checkpoint_every=checkpoint_every,
                 on_checkpoint=partial(checkpoint, index),
+                prepared=index != restored,
             ):
                 result.records.append(record)
                 if on_round is not None and record.round != reported.get(protocol.label):

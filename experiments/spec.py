@@ -4,7 +4,9 @@ Strict like nanoGPT's configurator: an unknown key or a value of the wrong type
 fails here with the dotted name of the field. Tables that configure a
 registered component (``[topology]``, ``[data]``, ``[model]``, ``[[protocols]]``)
 pass their extra keys through as that component's options; the component's
-registry checks those names before anything runs. The resolved spec is saved by
+registry checks those names before anything runs, except a ``[[protocols]]``
+table's ``train = {lr = ..., local_epochs = ..., batch_size = ...}``: that
+protocol's own ``[train]`` values, checked here. The resolved spec is saved by
 serialising these objects (``to_dict``), never from a hand-kept field list.
 
 ``[network]`` (optional) is ``etree.network.conditions.NetworkConditions``: timing,
@@ -49,7 +51,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +91,7 @@ class DataSpec:
     alpha: float = 0.5
     classes_per_device: int = 4
     min_partition_size: int = 1
+    validation_fraction: float = 0.1  # carved from the training data before partitioning (classification)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,9 +117,12 @@ class BackendSpec:
 
 @dataclass(frozen=True)
 class ProtocolSpec:
+    """One ``[[protocols]]`` table; ``train`` holds the ``[train]`` values this protocol overrides."""
+
     name: str
     label: str
     options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,17 @@ class Spec:
             out[section] = _table(getattr(self, section))
         out["network"] = _network_table(self.network)
         out["backend"] = _table(self.backend)
-        out["protocols"] = [_table(p) for p in self.protocols]
+        out["protocols"] = [_protocol_table(p) for p in self.protocols]
         return out
+
+
+def _protocol_table(protocol: ProtocolSpec) -> dict[str, Any]:
+    """A ``[[protocols]]`` table: name, label, its ``train`` overrides (only when it has some), options."""
+    table: dict[str, Any] = {"name": protocol.name, "label": protocol.label}
+    if protocol.train:
+        table["train"] = dict(protocol.train)
+    table.update(protocol.options)
+    return table
 
 
 def _network_table(network: NetworkConditions) -> dict[str, Any]:
@@ -189,6 +206,9 @@ class SweepPlan:
 
 # -- loading ------------------------------------------------------------------
 _POSITIVE = {"devices", "rounds", "eval_every", "local_epochs", "batch_size", "lr", "alpha", "classes_per_device"}
+_FLOAT32 = {"lr"}  # multiplies float32 tensors: a larger value overflows there
+FLOAT32_MAX = 3.4028234663852886e38
+NAME_RULE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
 
 def _typed(value: Any, expected: type, path: str) -> Any:
@@ -202,8 +222,12 @@ def _typed(value: Any, expected: type, path: str) -> Any:
     )
     if not ok:
         raise SpecError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise SpecError(f"{path}: got {value}; must be a finite number")
     if expected in (int, float) and path.rsplit(".", 1)[-1] in _POSITIVE and value <= 0:
         raise SpecError(f"{path}: got {value}; must be > 0")
+    if path.rsplit(".", 1)[-1] in _FLOAT32 and value > FLOAT32_MAX:
+        raise SpecError(f"{path}: got {value}; must be at most {FLOAT32_MAX:.3g} (training runs in float32)")
     if path.endswith("min_partition_size") and value < 0:
         raise SpecError(f"{path}: got {value}; must be >= 0")
     return float(value) if expected is float else value
@@ -343,6 +367,33 @@ def _network(table: Any) -> NetworkConditions:
     return network
 
 
+def _data(table: Any) -> DataSpec:
+    """The ``[data]`` table; ``validation_fraction`` is a share of the training data, in [0, 1)."""
+    data: DataSpec = _build(DataSpec, table, "data", open_options=True)
+    if not 0 <= data.validation_fraction < 1:
+        raise SpecError(
+            f"data.validation_fraction: got {data.validation_fraction}; must be in [0, 1) "
+            f"(the share of the training data carved off as the validation split)"
+        )
+    return data
+
+
+_TRAIN_OVERRIDES: dict[str, type] = {f.name: _scalar_type(f.type) for f in dataclasses.fields(TrainSpec)}
+
+
+def _protocol_train(value: Any, path: str) -> dict[str, Any]:
+    """A ``[[protocols]]`` table's ``train = {lr = ..., local_epochs = ..., batch_size = ...}``: the
+    ``[train]`` values this protocol uses instead, each checked as ``[train]`` checks it."""
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{path}: expected a table such as {{lr = 0.05, local_epochs = 2, batch_size = 10}}")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in _TRAIN_OVERRIDES:
+            raise SpecError(f"{path}.{key}: unknown key; allowed: {', '.join(sorted(_TRAIN_OVERRIDES))}")
+        out[key] = _typed(item, _TRAIN_OVERRIDES[key], f"{path}.{key}")
+    return out
+
+
 def _backend(table: Any) -> BackendSpec:
     """The ``[backend]`` table, strictly: unknown keys and bad values name their field."""
     backend = _build(BackendSpec, table, "backend", open_options=False)
@@ -385,6 +436,10 @@ def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") 
             values[key] = _typed(value, scalars[key], key)
             if key == "seed" and value < 0:
                 raise SpecError(f"seed: got {value}; must be >= 0")
+            if key == "name":
+                _check_name(value)
+        elif key == "data":
+            values[key] = _data(value)
         elif key in sections:
             values[key] = _build(sections[key], value, key, open_options=key != "train")
         elif key == "protocols":
@@ -415,6 +470,17 @@ def spec_from_dict(raw: Mapping[str, Any], *, default_name: str = "experiment") 
     return Spec(**values)
 
 
+def _check_name(name: str) -> None:
+    """A run's name is the folder it writes under ``results/``: one plain folder name, so no name
+    can point at ``results/`` itself, above it or at a hidden folder."""
+    if not NAME_RULE.fullmatch(name):
+        raise SpecError(
+            f"name: got {name!r}; must be a plain folder name of letters, digits, '.', '_' and '-', "
+            "not starting with '.' (at most 200 characters), e.g. name = \"my_run\" (without one, a spec "
+            "is named after its file)"
+        )
+
+
 def _protocols(raw: Any) -> tuple[ProtocolSpec, ...]:
     if not isinstance(raw, Sequence) or isinstance(raw, str):
         raise SpecError("protocols: expected an array of tables ([[protocols]])")
@@ -426,15 +492,17 @@ def _protocols(raw: Any) -> tuple[ProtocolSpec, ...]:
         label = _typed(table.get("label", name), str, f"protocols[{index}].label")
         if any(p.label == label for p in out):
             raise SpecError(f"protocols[{index}].label: {label!r} is used twice; give each protocol a unique label")
-        options = {k: v for k, v in table.items() if k not in ("name", "label")}
-        out.append(ProtocolSpec(name, label, options))
+        options = {k: v for k, v in table.items() if k not in ("name", "label", "train")}
+        train = _protocol_train(table["train"], f"protocols[{index}].train") if "train" in table else {}
+        out.append(ProtocolSpec(name, label, options, train))
     return tuple(out)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides (values parsed as TOML, else kept as strings).
 
-    ``protocols.<label>.<key>`` addresses the protocol with that label (or name).
+    ``protocols.<label>.<key>`` addresses the protocol with that label (or name), and
+    ``protocols.<label>.train.<key>`` one of its ``train`` overrides.
     """
     for item in overrides:
         if "=" not in item:
@@ -460,13 +528,12 @@ def set_values(raw: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]
 
 def _set_value(raw: dict[str, Any], dotted: str, value: Any, field: str) -> None:
     keys = dotted.split(".")
-    if keys[0] == "protocols" and len(keys) == 3:
+    target: dict[str, Any] = raw
+    if keys[0] == "protocols" and len(keys) >= 3:
         matches = [p for p in raw.get("protocols", []) if p.get("label", p.get("name")) == keys[1]]
         if not matches:
             raise SpecError(f"{field}: no protocol labelled {keys[1]!r}")
-        matches[0][keys[2]] = value
-        return
-    target: dict[str, Any] = raw
+        target, keys = matches[0], keys[2:]
     for key in keys[:-1]:
         nested = target.setdefault(key, {})
         if not isinstance(nested, dict):
@@ -543,7 +610,12 @@ def _read_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec: file '{path}' not found; pass a TOML spec such as experiments/default.toml")
-    raw = _parse(path.read_text(), f"'{path}'")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"{exc.reason} at byte {exc.start}"
+        raise SpecError(f"spec: '{path}' is not UTF-8 text ({where}); save it as UTF-8") from exc
+    raw = _parse(text, f"'{path}'")
     raw.setdefault("name", path.stem)
     return raw
 

@@ -31,7 +31,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from experiments.metrics_file import Series, first_reaching
 from experiments.plots import save_figure
-from experiments.results import atomic_write_text
+from experiments.run_folder import atomic_write_text
 from experiments.summary import TARGET_FRACTION
 from experiments.sweep_files import SWEEP_FILE, confidence, sweep_headline, sweep_runs
 

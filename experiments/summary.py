@@ -7,8 +7,6 @@ the results writer); :func:`summary_markdown` reads the same things from a run f
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ from experiments.metrics_file import (
     headline_metric,
     read_link_rows,
     read_metrics,
+    read_spec_table,
+    read_tree,
 )
 
 TARGET_FRACTION = 0.9
@@ -40,8 +40,7 @@ def summary_markdown(run_dir: Path) -> str:
     """:func:`render_summary` of a run folder, from its files alone."""
     run_dir = Path(run_dir)
     series = read_metrics(run_dir)
-    spec = tomllib.loads((run_dir / "spec.toml").read_text()) if (run_dir / "spec.toml").is_file() else {}
-    tree = json.loads((run_dir / "tree.json").read_text()) if (run_dir / "tree.json").is_file() else {}
+    spec, tree = read_spec_table(run_dir), read_tree(run_dir)
     return render_summary({"name": run_dir.name, **spec}, series, tree.get("protocols", {}), read_link_rows(run_dir))
 
 

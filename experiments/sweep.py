@@ -40,7 +40,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from experiments.results import atomic_write_text
+from experiments.run_folder import add_to_marker, atomic_write_text, batch_folder, relist_marker
 from experiments.spec import Spec, SpecError, load_spec, load_sweep_plan
 from experiments.sweep_files import SWEEP_FILE
 from experiments.sweep_summary import summarise_sweep
@@ -122,6 +122,7 @@ def _run_one(spec_path: str, overrides: tuple[str, ...], folder: str, labels: tu
     for pattern in REDRAWABLE:
         for path in sorted(out.glob(pattern)):
             path.unlink()
+    relist_marker(out)
     return str(out)
 
 
@@ -136,11 +137,14 @@ def run_sweep(
     on_done: Callable[[str, int, int], None] | None = None,
     reference: str | None = None,
 ) -> Path:
-    """Run every setting x seed (validating every spec first, so bad input fails before any run).
+    """Run every setting x seed (validating every spec and each setting's workload first, so bad input
+    fails before any run).
 
     ``grid`` and ``seeds`` extend or replace the spec's ``[sweep]`` table (3 seeds if neither says).
     ``reference`` names the protocol the summary's paired tests compare every other one against.
     """
+    from experiments.runner import check_workload
+
     plan = load_sweep_plan(spec_path, base_overrides)
     seeds = seeds if seeds is not None else plan.seeds or 3
     if seeds < 1:
@@ -151,8 +155,8 @@ def run_sweep(
     base = load_spec(spec_path, list(base_overrides))
     base_seed = base.seed
     if reference is not None and reference not in (p.label for p in base.protocols):
-        labels = ", ".join(p.label for p in base.protocols)
-        raise SpecError(f"--reference: no protocol labelled {reference!r} in the spec; it has: {labels}")
+        known = ", ".join(p.label for p in base.protocols)
+        raise SpecError(f"--reference: no protocol labelled {reference!r} in the spec; it has: {known}")
     seed_list = [base_seed + k for k in range(seeds)]
     tasks = []
     first_run: dict[str, str] = {}  # a protocol's resolved inputs over all seeds -> the setting that runs it
@@ -162,6 +166,7 @@ def run_sweep(
             seed: load_spec(spec_path, [*base_overrides, *setting.overrides, f"seed={seed}"])  # fail fast
             for seed in seed_list
         }
+        check_workload(specs[base_seed])  # a bad partition or topology file of any setting, before any run
         labels = []
         for protocol in specs[base_seed].protocols:
             inputs = json.dumps([only(specs[seed], [protocol.label]).to_dict() for seed in seed_list], default=repr)
@@ -174,22 +179,26 @@ def run_sweep(
             for seed in seed_list:
                 overrides = (*base_overrides, *setting.overrides, f"seed={seed}")
                 tasks.append((str(spec_path), overrides, str(out / setting.name / f"seed{seed}"), tuple(labels)))
-    out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "spec": str(spec_path),
-        "seeds": seed_list,
-        "settings": {s.name: list(s.overrides) for s in settings},
-        "reused": reused,
-        "reference": reference,
-    }
-    atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
-    if jobs == 1:
-        finished: Iterable[str] = (_run_one(*task) for task in tasks)
-        _report(finished, len(tasks), on_done)
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_one_torch_thread) as pool:
-            _report(pool.map(_run_one, *zip(*tasks, strict=True)), len(tasks), on_done)
-    summarise_sweep(out)
+    with batch_folder(out, "sweep", [SWEEP_FILE, *(setting.name for setting in settings)], "--out"):
+        record = {
+            "spec": str(spec_path),
+            "seeds": seed_list,
+            "settings": {s.name: list(s.overrides) for s in settings},
+            "reused": reused,
+            "reference": reference,
+        }
+        atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
+        if jobs == 1:
+            finished: Iterable[str] = (_run_one(*task) for task in tasks)
+            _report(finished, len(tasks), on_done)
+        else:
+            with ProcessPoolExecutor(max_workers=jobs, initializer=_one_torch_thread) as pool:
+                try:
+                    _report(pool.map(_run_one, *zip(*tasks, strict=True)), len(tasks), on_done)
+                except BaseException:  # Ctrl-C, SIGTERM, a failed run: the runs not started yet never start
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        add_to_marker(out, [path.name for path in summarise_sweep(out)])
     return out
 
 

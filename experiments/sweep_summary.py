@@ -12,7 +12,7 @@ from scipy import stats
 
 from experiments.metrics_file import metric_label
 from experiments.plots import save_figure
-from experiments.results import atomic_write_text
+from experiments.run_folder import atomic_write_text
 from experiments.study_plot import write_study
 from experiments.sweep_files import SWEEP_FILE, confidence, sweep_curves, sweep_runs
 

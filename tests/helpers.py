@@ -49,9 +49,18 @@ def softmax_workload(
     rounds: int = 15,
     network: NetworkConditions | None = None,
     init_seed: int = 0,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Workload:
-    """Softmax regression on (x, y, x_test, y_test) split over devices by ``parts``."""
+    """Softmax regression on (x, y, x_test, y_test) split over devices by ``parts``.
+
+    ``validation`` (what KMA scores on) defaults to a seeded sample of 200 of the devices' own
+    training rows: never test rows, though not disjoint from the devices' data as the runner's
+    carved split is (tests of that split build their workloads with the runner)."""
     x, y, x_test, y_test = digits
+    if validation is None:
+        held = np.concatenate(list(parts))
+        rows = np.sort(np.random.default_rng(seed).choice(held, size=min(200, len(held)), replace=False))
+        validation = (x[rows], y[rows])
     model = build_model("softmax", (64,), 10)
     return Workload(
         model=model,
@@ -66,6 +75,8 @@ def softmax_workload(
         num_classes=10,
         rounds=rounds,
         network=network or NetworkConditions(),
+        x_val=torch.from_numpy(validation[0]),
+        y_val=torch.from_numpy(validation[1]),
     )
 
 

@@ -173,11 +173,13 @@ def test_flower_resumes_from_its_state_without_simulating_again(monkeypatch: pyt
     (Flower itself, on Ray, is tests/test_flower.py's: a fixed run stands in for it here.)"""
     simulated: list[int] = []
 
-    def fixed_run(workload: Workload, *, participation: float, weighted: bool, label: str) -> Any:
+    def fixed_run(
+        workload: Workload, *, participation: float, idle: np.ndarray | None, weighted: bool, label: str
+    ) -> Any:
         simulated.append(workload.rounds)
         shared = workload.shared(workload.initial)
         rounds = range(1, workload.rounds + 1)
-        trained = [participants(workload.seed, r, workload.devices, participation).tolist() for r in rounds]
+        trained = [participants(workload.seed, r, workload.devices, participation, idle).tolist() for r in rounds]
         rows = {
             device: {f"{name}@{r}": workload.initial[name] + r for name in workload.private for r in rounds}
             for device in range(workload.devices)

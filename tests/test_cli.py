@@ -69,16 +69,25 @@ def test_plot_redraws_from_files_alone(tiny_spec, tmp_path):
         ("topology.kind=graphml", "topology.path"),
     ],
 )
-def test_bad_input_is_one_line_naming_the_field(tiny_spec, tmp_path, capsys, override, field):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("earlier results")
+def test_bad_input_is_one_line_naming_the_field(earlier_run, tiny_spec, capsys, override, field):
+    out, files = earlier_run
     assert main(["run", str(tiny_spec), "--out", str(out), "--quiet", "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     assert field in err
-    assert (out / "keep.txt").read_text() == "earlier results"  # nothing lost
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the earlier results, untouched
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    """A run folder an earlier ``etree run`` wrote, and its files' bytes."""
+    from conftest import TINY_SPEC
+
+    spec = tmp_path_factory.mktemp("earlier") / "tiny.toml"
+    spec.write_text(TINY_SPEC)
+    out = spec.parent / "run"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    return out, {p.name: p.read_bytes() for p in out.iterdir()}
 
 
 def test_missing_spec_file_and_missing_run_folder(tmp_path, capsys):

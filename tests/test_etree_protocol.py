@@ -95,7 +95,7 @@ def test_structure_describes_tree_clusters_and_kma():
 def test_one_layer_tree_is_unweighted_fedavg(seed):
     workload = make_workload(seed=seed)
     tree = make_protocol("etree", "e", {"groups": [1], "ratios": [1], **QUICK})
-    fedavg = make_protocol("fedavg", "f", {})
+    fedavg = make_protocol("fedavg", "f", {"server_trains": True})  # E-Tree's root trains, as every head does
     for protocol in (tree, fedavg):
         protocol.setup(workload)
         for r in range(1, 4):

@@ -115,11 +115,14 @@ def test_flower_matches_in_engine_fedavg(weighted, participation):
         tolerance = one_sample if f.metric == "accuracy" else 1e-5
         assert abs(f.value - e.value) <= tolerance, (f, e)
 
-    # Flower trained exactly the devices the in-engine FedAvg sampled, every round.
+    # Flower trained exactly the devices the in-engine FedAvg sampled, every round; never the server.
+    server = protocol.tree.root
+    assert server < DEVICES and protocol.idle is not None and protocol.idle.tolist() == [server]
     for round_index, trained in enumerate(protocol.run.trained, start=1):
-        assert trained == participants(workload.seed, round_index, DEVICES, participation).tolist()
+        assert trained == participants(workload.seed, round_index, DEVICES, participation, protocol.idle).tolist()
+        assert server not in trained
     if participation < 1:
-        assert len(protocol.run.trained[0]) == round(participation * DEVICES)
+        assert len(protocol.run.trained[0]) == round(participation * (DEVICES - 1))
 
 
 def _drive_recommender(name: str, options: dict[str, Any], workload: Workload):

@@ -158,7 +158,8 @@ def test_runs_are_deterministic_and_well_formed(digits, overlay, merge):
     second, _ = records()
     assert first == second
     # late_pushes: pushes merged more than one cycle after they were sent (asynchronous timing)
-    assert {r.metric for r in first} - {"late_pushes"} == {"accuracy", "accuracy_std", "loss", "voted_accuracy"}
+    metrics = {r.metric for r in first} - {"late_pushes"}
+    assert metrics == {"accuracy", "accuracy_std", "loss", "voted_accuracy", "validation_accuracy", "late_fraction"}
     stack = protocol.evaluation_models()
     assert stack["1.weight"].shape == (8, 10, 64)
     assert protocol.structure()["evaluated_devices"] == sorted(set(protocol.structure()["evaluated_devices"]))

@@ -161,7 +161,9 @@ def test_a_plugin_of_every_kind_runs_through_the_cli_and_the_api(plugin_dir: Pat
     parameters = ["plug_hidden.bias", "plug_hidden.weight", "plug_out.bias", "plug_out.weight"]
     assert tree["protocols"]["plug_local"] == {"parameters": parameters}  # the plugged protocol ran the plugged model
     assert tree["partition"]["dataset"] == "plug_blobs"
-    assert tree["partition"]["samples_per_device"] == {"min": 40, "mean": 40.0, "max": 40}  # (450 - 50 unused) / 10
+    # (450 - 45 carved off as the validation split - 50 unused) / 10
+    assert tree["partition"]["samples_per_device"] == {"min": 35, "mean": 35.5, "max": 36}
+    assert tree["partition"]["validation_samples"] == 45
     graph = nx.read_graphml(run / "topology.graphml")
     assert sorted(d for _, d in graph.degree()) == [2] * 10  # the ring
     assert {a["latency_s"] for *_, a in graph.edges(data=True)} == {0.003}  # with the spec's option

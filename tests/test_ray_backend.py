@@ -181,7 +181,10 @@ def test_recommender_runs_match_the_local_backend(trainer):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_sharding_changes_nothing_a_device_computes(trainer, kind):
-    """Hand-written dense steps (mlp) and vmap + autograd (cnn), on a scattered subset of 7 devices."""
+    """Hand-written dense steps (mlp) and vmap + autograd (cnn), on a scattered subset of 7 devices.
+
+    Equal to float32 rounding, not bit for bit: a shard's batched kernels see fewer devices, and
+    BLAS may block a smaller batch differently (measured: at most 3e-8 here)."""
     workload = build_workload(_spec({"kind": "local"}))[0]
     model = build_model(kind, (64,), 10)
     stack = replicate(init_params(model, 2), 7)
@@ -190,7 +193,7 @@ def test_sharding_changes_nothing_a_device_computes(trainer, kind):
     here = local_train(model, stack, workload.data, ids, config, seed=5, round_index=2)
     there = trainer.train(model, stack, workload.data, ids, config, seed=5, round_index=2)
     assert here.keys() == there.keys()
-    assert all(torch.equal(here[name], there[name]) for name in here)
+    assert all(torch.allclose(here[name], there[name], rtol=0, atol=1e-6) for name in here)
 
 
 def test_a_second_ray_in_the_same_process_is_one_clear_error(trainer):

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from experiments.cli import main
+from experiments.run_folder import write_marker
 from experiments.study_plot import cells, collect, study_target, write_study
 from experiments.summary import TARGET_FRACTION
 
@@ -62,6 +63,8 @@ def sweep_folder(tmp_path: Path) -> Path:
                 lines.append(f"{protocol},{round_},{time},{1000 * round_},loss,{1 - value}")
             with path.open("a") as handle:
                 handle.write("\n".join(lines) + "\n")
+            write_marker(folder, "run", ["metrics.csv"])  # as etree writes a run folder: it vouches for the rows
+    write_marker(out, "sweep", ["sweep.json", *settings])
     return out
 
 

@@ -175,6 +175,7 @@ def test_spec_sweep_table_runs_reuses_fedavg_and_keeps_run_folders_lean(tmp_path
         assert {"etree", "fedavg"} == set(read_metrics(out / k2 / f"seed{seed}"))
         assert {"etree"} == set(read_metrics(out / k3 / f"seed{seed}"))  # FedAvg ran once per seed
         assert sorted(p.name for p in (out / k3 / f"seed{seed}").iterdir()) == [
+            "etree.json",
             "links.csv",
             "metrics.csv",
             "spec.toml",

@@ -212,7 +212,14 @@ def edgelist(devices: int, *, seed: int, path: PathLike) -> nx.Graph:
     devices = check_devices(devices)
     seed = check_seed(seed)
     file = _existing(path, "edge-list file")
-    raw = read_edge_lines(file.read_text().splitlines(), str(file))
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TopologyError(
+            f"topology.path: file {str(file)!r} is not UTF-8 text ({error.reason} at byte {error.start}); "
+            "save the edge list as UTF-8"
+        ) from error
+    raw = read_edge_lines(text.splitlines(), str(file))
     return annotate_loaded(raw, "edgelist", devices, seed=seed, source=str(file))
 
 

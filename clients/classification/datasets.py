@@ -11,6 +11,7 @@ and the E-Tree paper's ``uci_har`` need one download, then come from the cache
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -78,6 +79,37 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. ``(64,)`` for digits or ``(1, 28, 28)`` for MNIST."""
         return tuple(int(s) for s in self.x_train.shape[1:])
+
+
+VALIDATION_STREAM = 0x7A11  # mixed with the data seed: the validation split's own stream
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """Carve a validation split off the training data: ``fraction`` of every class (rounded half up),
+    the rows drawn from a stream of ``seed`` (the run's data seed) of their own.
+
+    Returns the dataset whose training rows are left for the devices, and ``(x_val, y_val)``. Carved
+    before partitioning, so no device ever holds a validation sample; model choices (KMA's public set,
+    tuning) look at it, while the test set is touched only for reporting.
+    """
+    fraction = check_float("data.validation_fraction", fraction, 0.0, 1.0, open_high=True)
+    y = dataset.y_train
+    rng = np.random.default_rng(np.random.SeedSequence([seed, VALIDATION_STREAM]))
+    shuffled = rng.permutation(len(y))
+    by_class = shuffled[np.argsort(y[shuffled], kind="stable")]  # grouped by class, shuffled within
+    counts = np.bincount(y, minlength=dataset.num_classes)
+    rank = np.arange(len(y)) - np.repeat(np.cumsum(counts) - counts, counts)
+    quota = np.floor(fraction * counts + 0.5).astype(np.int64)
+    chosen = np.zeros(len(y), dtype=bool)
+    chosen[by_class[rank < quota[y[by_class]]]] = True
+    groups = dataset.natural_groups
+    kept = dataclasses.replace(
+        dataset,
+        x_train=dataset.x_train[~chosen],
+        y_train=y[~chosen],
+        natural_groups=None if groups is None else groups[~chosen],
+    )
+    return kept, dataset.x_train[chosen], y[chosen]
 
 
 # ---------------------------------------------------------------------------

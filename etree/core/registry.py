@@ -102,6 +102,8 @@ def _matches(value: Any, annotation: Any) -> bool:
         return all(_matches(v, args[0]) for v in value)
     if isinstance(annotation, type):
         return isinstance(value, annotation)
+    if isinstance(origin, type):  # a parametrised class such as os.PathLike[str]: its class decides
+        return isinstance(value, origin)
     return True
 
 

@@ -13,6 +13,15 @@ from etree.engine.workload import Workload
 from etree.network.clock import SimClock
 
 
+def prepare_protocol(protocol: Protocol, workload: Workload) -> None:
+    """What a fresh run does before its first round: a new clock, ``setup`` (where every check that
+    depends on the workload fails), and the spec's crashes scheduled on that clock."""
+    clock = SimClock(workload.network)
+    protocol.clock = clock
+    protocol.setup(workload)
+    clock.schedule_crashes(workload.network.crashes_for(protocol.label), protocol.resolve_node)
+
+
 def run_protocol(
     protocol: Protocol,
     workload: Workload,
@@ -22,6 +31,7 @@ def run_protocol(
     resume: RunSnapshot | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[RunSnapshot], None] | None = None,
+    prepared: bool = False,
 ) -> Iterator[Record]:
     """Run ``rounds`` rounds, yielding records at round 0, every ``eval_every`` rounds and the last,
     and one row per crash or failover, in the round it happened.
@@ -30,13 +40,13 @@ def run_protocol(
     records are yielded, ``on_checkpoint`` receives a snapshot of the run (its ``state_dict``; a
     protocol without one is not checkpointed). ``resume`` continues a snapshot taken of the same
     spec: ``protocol`` is freshly made, ``load_state_dict`` takes the place of ``setup``, and the
-    rounds after the snapshot yield exactly what the uninterrupted run yielded.
+    rounds after the snapshot yield exactly what the uninterrupted run yielded. ``prepared``: the
+    caller ran :func:`prepare_protocol` already (a runner sets every protocol up before any runs).
     """
     if resume is None:
-        clock = SimClock(workload.network)
-        protocol.clock = clock
-        protocol.setup(workload)
-        clock.schedule_crashes(workload.network.crashes_for(protocol.label), protocol.resolve_node)
+        if not prepared:
+            prepare_protocol(protocol, workload)
+        clock = protocol.clock
         first, sent, counters = 1, 0, {}
     else:
         clock = restore_snapshot(protocol, workload, resume)

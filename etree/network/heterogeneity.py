@@ -13,6 +13,7 @@ devices takes the smaller bandwidth.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import networkx as nx
@@ -30,7 +31,11 @@ def read_trace(path: str | Path, devices: int) -> dict[str, dict[int, float]]:
     if not path.is_file():
         raise ProtocolError(f"network.trace: file '{path}' not found")
     out: dict[str, dict[int, float]] = {"compute_flops": {}, "bandwidth_bps": {}}
-    with path.open(newline="") as handle:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"network.trace: '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         if "device" not in columns or not set(columns) & set(out) or set(columns) - set(TRACE_COLUMNS):
@@ -46,8 +51,8 @@ def read_trace(path: str | Path, devices: int) -> dict[str, dict[int, float]]:
             if not 0 <= device < devices:
                 raise ProtocolError(f"network.trace: '{path}' line {line}: device {device} not in 0..{devices - 1}")
             for key, value in values.items():
-                if not value > 0:
-                    raise ProtocolError(f"network.trace: '{path}' line {line}: {key} {value} must be > 0")
+                if not 0 < value < np.inf:
+                    raise ProtocolError(f"network.trace: '{path}' line {line}: {key} {value} must be finite and > 0")
                 out[key][device] = value
     return out
 
@@ -59,10 +64,17 @@ def apply_heterogeneity(graph: nx.Graph, devices: int, conditions: NetworkCondit
     graph = graph.copy()
     compute_seq, bandwidth_seq = np.random.SeedSequence(seed).spawn(2)
     flops = np.array([graph.nodes[d]["compute_flops"] for d in range(devices)], dtype=np.float64)
-    flops = conditions.compute_flops.draw(np.random.default_rng(compute_seq), flops)
     links = [(u, v) for u, v in graph.edges() if min(u, v) < devices]
     base = np.array([graph.edges[u, v]["bandwidth_bps"] for u, v in links], dtype=np.float64)
-    bandwidth = conditions.bandwidth_bps.draw(np.random.default_rng(bandwidth_seq), base)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by name
+        flops = conditions.compute_flops.draw(np.random.default_rng(compute_seq), flops)
+        bandwidth = conditions.bandwidth_bps.draw(np.random.default_rng(bandwidth_seq), base)
+    for name, drawn in (("compute_flops", flops), ("bandwidth_bps", bandwidth)):
+        if not np.isfinite(drawn).all():  # e.g. a lognormal sigma so wide that exp() overflows
+            raise ProtocolError(
+                f"network.{name}: its {getattr(conditions, name).kind} distribution draws values that are not "
+                "finite numbers; narrow it (a smaller sigma or high)"
+            )
     if conditions.trace:
         trace = read_trace(conditions.trace, devices)
         for device, value in trace["compute_flops"].items():

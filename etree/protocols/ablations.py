@@ -7,9 +7,11 @@
   ``eval_devices`` devices, a fixed seeded sample, are evaluated (our choice).
 - ``grouped``: E-Tree's tree without the top (the paper's "grouped
   aggregation", [DYK]): the layer-1 clusters aggregate every round and are
-  never merged; accuracy is the mean over the cluster models. It builds the
-  very same tree as ``etree`` with the same options and seed (the authors'
-  ``GroupLearningProtocol`` used fixed groups of 10 consecutive ids instead).
+  never merged; accuracy is the mean over devices of the cluster model each
+  holds. It builds the very same tree as ``etree`` with the same options and
+  seed (the authors' ``GroupLearningProtocol`` used fixed groups of 10
+  consecutive ids instead, equal in size, so their mean over the group models
+  is the same mean over devices).
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def grouped(
     """Grouped aggregation (paper Table 3): the E-Tree tree, its top layer never aggregating.
 
     Options mean what they mean for ``etree``; ``ratios`` defaults to 1 per
-    layer (the top ratio is never used). Accuracy = mean over the layer-1
-    cluster models.
+    layer (the top ratio is never used). Accuracy = mean over devices of the
+    layer-1 cluster model each holds.
     """
     options = TreeOptions.checked(
         label,
@@ -128,7 +130,6 @@ def grouped(
         ratios=checked,
         weighted=weighted,
         participation=participation,
-        report="clusters",
         top_aggregates=False,
         public_merge=public_merge,
         describe=builder.describe,

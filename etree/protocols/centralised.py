@@ -6,7 +6,9 @@
   the pooled user table holds every device's users (device d's slot s is
   pooled row d * U + s), so each user is still scored with its own embedding.
   Bytes: each device uploads its raw data once, in round 1 (two int32 ids per
-  interaction, or a float32 sample and an int64 label).
+  interaction, or a float32 sample and an int64 label). A large pooled epoch
+  usually wants a larger batch: give the table its own ``train = {batch_size =
+  ...}`` (every protocol can).
 - ``popularity``: ranks every user's test candidates by how many training
   interactions each item has (the "ItemPop" baseline of He et al., 2017);
   nothing is trained or sent.
@@ -23,7 +25,6 @@ from clients.classification.fleet import FleetData
 from clients.params import ParamStack
 from clients.recommendation.interactions import InteractionFleet, pool_fleet
 from clients.recommendation.metrics import DeviceModels, popularity_metrics
-from clients.train_config import TrainConfig
 from etree.core.errors import ProtocolError
 from etree.engine.checkpoint import expect, stack_like
 from etree.engine.protocol import Protocol, RoundCost
@@ -44,21 +45,14 @@ def pool_samples(data: FleetData) -> FleetData:
 class CentralisedProtocol(Protocol):
     """One model trained on the pooled data of every device (see the module docstring)."""
 
-    def __init__(self, label: str, *, lr: float | None, batch_size: int | None, server: str | int) -> None:
+    def __init__(self, label: str, *, server: str | int) -> None:
         super().__init__(label)
-        self._lr = lr
-        self._batch_size = batch_size
         self._server = server
 
     def setup(self, workload: Workload) -> None:
         self.workload = workload
         self.network = NetworkModel(workload.graph)
         self.server = choose_server(workload, self.network, self._server, self.label)
-        self.config = TrainConfig(
-            self._lr if self._lr is not None else workload.train.lr,
-            workload.train.local_epochs,
-            self._batch_size if self._batch_size is not None else workload.train.batch_size,
-        )
         data = workload.data
         self.params: ParamStack = {name: t.unsqueeze(0).clone() for name, t in workload.initial.items()}
         if isinstance(data, InteractionFleet):
@@ -72,9 +66,7 @@ class CentralisedProtocol(Protocol):
             self.upload = int(data.counts.sum()) * per_sample
 
     def run_round(self, round_index: int) -> RoundCost:
-        self.params = self.workload.train_devices(
-            self.params, torch.tensor([0]), round_index, config=self.config, data=self.pooled
-        )
+        self.params = self.workload.train_devices(self.params, torch.tensor([0]), round_index, data=self.pooled)
         flops = float(self.workload.epoch_flops.sum())
         duration = float(self.network.compute_s(np.array([self.server]), np.array([flops]))[0])
         if round_index > 1:
@@ -130,16 +122,10 @@ class PopularityProtocol(Protocol):
 
 
 @register_protocol("centralised")
-def centralised(
-    label: str, *, lr: float | None = None, batch_size: int | None = None, server: str | int = "auto"
-) -> Protocol:
-    """Pooled-data training by the same code; ``lr``/``batch_size`` default to ``[train]``'s
-    (a large pooled epoch usually wants a larger batch)."""
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
-        raise ProtocolError(f"protocols.{label}.lr: got {lr!r}; must be a number > 0")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ProtocolError(f"protocols.{label}.batch_size: got {batch_size!r}; must be an integer >= 1")
-    return CentralisedProtocol(label, lr=None if lr is None else float(lr), batch_size=batch_size, server=server)
+def centralised(label: str, *, server: str | int = "auto") -> Protocol:
+    """Pooled-data training by the same code, with the protocol's ``train`` (``[train]``, or the
+    table's own ``train = {...}``)."""
+    return CentralisedProtocol(label, server=server)
 
 
 @register_protocol("popularity")

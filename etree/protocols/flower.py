@@ -37,6 +37,9 @@ Choices the comparison forces:
   (the default, Flower's behaviour) sends true example counts;
   ``weighted=False`` sends 1 per device, the unweighted mean of the E-Tree
   paper's FL baseline.
+* The server: as for in-engine FedAvg (``server_trains``, default false), a
+  server that is a device neither trains nor joins the average, like the E-Tree
+  authors' FL master; it is then left out of the sampling below.
 * Sampling: full participation is the default and trains every device each
   round through Flower's own sampling. With ``participation < 1`` Flower's
   sampling cannot be made reproducible by seeding Python's ``random``: node
@@ -65,6 +68,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from clients.classification.fleet import FleetData
@@ -233,6 +237,7 @@ def _client_app(payload_ref: Any) -> Any:
 def _server_app(
     workload: Workload,
     participation: float,
+    idle: np.ndarray | None,
     label: str,
     captured: list[ParamStack],
     trained: list[list[int]],
@@ -246,7 +251,7 @@ def _server_app(
     from flwr.serverapp.strategy import FedAvg
 
     devices = workload.devices
-    count = len(participants(workload.seed, 1, devices, participation))
+    count = len(participants(workload.seed, 1, devices, participation, idle))
 
     def record_trained(replies: list[RecordDict], weight_key: str) -> MetricRecord:
         """Called once per round with the replies Flower aggregates: note whose they were."""
@@ -258,7 +263,7 @@ def _server_app(
         """Flower's centralised evaluation hook: keep the model (accuracy is measured in-engine),
         and stop the run at the first round whose aggregate missed a device (Flower would go on)."""
         if server_round > 0:
-            _check_round(workload, participation, label, server_round, trained)
+            _check_round(workload, participation, idle, label, server_round, trained)
         captured.append({name: t.clone() for name, t in arrays.to_torch_state_dict().items()})
         return None
 
@@ -274,7 +279,7 @@ def _server_app(
         ) -> list[Message]:
             config["server-round"] = server_round
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-            chosen = participants(workload.seed, server_round, devices, participation)
+            chosen = participants(workload.seed, server_round, devices, participation, idle)
             return [
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=self.node_of_device[int(d)])
                 for d in chosen
@@ -292,7 +297,7 @@ def _server_app(
             "min_available_nodes": devices,
             "train_metrics_aggr_fn": record_trained,
         }
-        if participation >= 1:
+        if participation >= 1 and idle is None:
             strategy = FedAvg(**options)
         else:
             strategy = SeededFedAvg(_map_devices(grid, devices, label), **options)
@@ -305,14 +310,19 @@ def _server_app(
 
 
 def _check_round(
-    workload: Workload, participation: float, label: str, round_index: int, trained: list[list[int]]
+    workload: Workload,
+    participation: float,
+    idle: np.ndarray | None,
+    label: str,
+    round_index: int,
+    trained: list[list[int]],
 ) -> None:
     """Flower aggregated round ``round_index`` from exactly the devices the in-engine FedAvg samples.
 
     Flower drops a failed ClientApp's reply and averages the rest; a baseline
     that silently lost devices would not be FedAvg's, so that is an error.
     """
-    expected = participants(workload.seed, round_index, workload.devices, participation).tolist()
+    expected = participants(workload.seed, round_index, workload.devices, participation, idle).tolist()
     got = trained[round_index - 1] if len(trained) >= round_index else []
     if got != expected:
         raise ProtocolError(
@@ -374,6 +384,7 @@ def run_flower_fedavg(
     workload: Workload,
     *,
     participation: float = 1.0,
+    idle: np.ndarray | None = None,
     weighted: bool = True,
     num_cpus: int | None = None,
     label: str = "flower",
@@ -404,7 +415,7 @@ def run_flower_fedavg(
                 payload = ray.put(_client_payload(workload, weighted))
                 started = time.perf_counter()
                 run_simulation(
-                    server_app=_server_app(workload, participation, label, captured, trained, sent, private_rows),
+                    server_app=_server_app(workload, participation, idle, label, captured, trained, sent, private_rows),
                     client_app=_client_app(payload),
                     num_supernodes=workload.devices,
                     backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
@@ -447,13 +458,22 @@ def _rows_by_round(
 class FlowerFedAvg(Protocol):
     """FedAvg run by Flower in ``setup``; rounds replayed with in-engine FedAvg's simulated costs."""
 
-    def __init__(self, label: str, *, server: str | int, participation: float, weighted: bool) -> None:
+    def __init__(
+        self, label: str, *, server: str | int, participation: float, weighted: bool, server_trains: bool
+    ) -> None:
         super().__init__(label)
         if not 0 < participation <= 1:
             raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
         self._server = server
         self._participation = participation
         self._weighted = weighted
+        self._server_trains = server_trains
+
+    @property
+    def idle(self) -> np.ndarray | None:
+        """The devices that never train: the server, when it is a device and ``server_trains`` is false."""
+        server = self.tree.root
+        return None if self._server_trains or server >= self.workload.devices else np.array([server])
 
     def setup(self, workload: Workload) -> None:
         self.workload = workload
@@ -463,10 +483,10 @@ class FlowerFedAvg(Protocol):
         self.network.prepare(int(h) for h in self.tree.heads[0])
         self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
         self.run = run_flower_fedavg(
-            workload, participation=self._participation, weighted=self._weighted, label=self.label
+            workload, participation=self._participation, idle=self.idle, weighted=self._weighted, label=self.label
         )
         for index in range(1, workload.rounds + 1):  # the ServerApp checked already; a run cut short shows here
-            _check_round(workload, self._participation, self.label, index, self.run.trained)
+            _check_round(workload, self._participation, self.idle, self.label, index, self.run.trained)
         self.current = self.run.global_models[0]
         # each device's private rows as the evaluation replays the rounds: the initial ones, then its logged ones
         self.private = replicate({name: workload.initial[name] for name in sorted(workload.private)}, workload.devices)
@@ -483,7 +503,7 @@ class FlowerFedAvg(Protocol):
             devices, rows = self._logged[round_index]
             for name, tensor in rows.items():
                 self.private[name][devices] = tensor
-        ids = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
+        ids = participants(self.workload.seed, round_index, self.workload.devices, self._participation, self.idle)
         size = self.workload.wire_bytes
         if not self.workload.network.timing:
             messages = round_messages(self.tree, ids, 1, True)
@@ -567,6 +587,16 @@ class FlowerFedAvg(Protocol):
 
 
 @register_protocol("flower")
-def flower(label: str, *, server: str | int = "auto", participation: float = 1.0, weighted: bool = True) -> Protocol:
-    """FedAvg on Flower's simulation engine; ``weighted=True`` is Flower's example-count weighting."""
-    return FlowerFedAvg(label, server=server, participation=participation, weighted=weighted)
+def flower(
+    label: str,
+    *,
+    server: str | int = "auto",
+    participation: float = 1.0,
+    weighted: bool = True,
+    server_trains: bool = False,
+) -> Protocol:
+    """FedAvg on Flower's simulation engine; ``weighted=True`` is Flower's example-count weighting;
+    ``server_trains`` as for in-engine ``fedavg``."""
+    return FlowerFedAvg(
+        label, server=server, participation=participation, weighted=weighted, server_trains=server_trains
+    )

@@ -28,10 +28,11 @@ with all of them at once, with equal (``"average"``) or age (``"age"``)
 weights. That is our choice: it is order-free, and with one message it is
 exactly the paper's MERGE.
 
-Overlays: ``"graph"`` gossips with neighbours in the topology graph (relayed
-through a shared edge server where a device has no device neighbour);
-``"random"`` samples any other device uniformly, an idealised peer-sampling
-service (Newscast with a full cache, as in the E-Tree authors' simulator).
+Overlays: ``"random"`` (the default) samples any other device uniformly, an
+idealised peer-sampling service: Hegedűs et al. gossip over peer sampling, and
+the E-Tree authors' simulator uses Newscast with a full cache, which samples
+the same way. ``"graph"`` gossips with neighbours in the topology graph only
+(relayed through a shared edge server where a device has no device neighbour).
 
 Timing (asynchronous gossip, batched per cycle): a cycle lasts exactly Δ of
 simulated time. Device i wakes at ``start + phase_i`` with ``phase_i = Δ u_i``,
@@ -42,12 +43,19 @@ start. The receiver j merges it at its first wake-up at or after the arrival,
 batched, so a model that would reach j before j's own wake-up in the same cycle
 waits one cycle; our choice). A push that arrives after the receiver's next
 wake-up (k >= 2) is *late*: it is merged k cycles later, never lost, and counted
-in the ``late_pushes`` metric. A device does not wait for its epoch to finish
-before its next wake-up (its period is fixed; an idealisation where
-compute_i > Δ). By default Δ is the median over devices of (one local epoch +
-the mean transfer time to its overlay partners), so a typical device finishes
-its epoch and push within one period; ``period_s`` sets it. With ``[network]
-timing = false`` no time passes and every push is merged in the next cycle.
+in ``late_pushes``; ``late_fraction`` is the share of the pushes sent so far that
+were late. A device does not wait for its epoch to finish before its next wake-up
+(its period is fixed; an idealisation where compute_i > Δ).
+
+The default period (``period_s`` unset, ``default_period``): the shortest Δ at
+which at most 5% of the pushes are expected to arrive late (``LATE_TARGET``),
+the expectation taken over the uniform phases with each device's own local epoch
+plus its mean transfer time to its overlay partners. Hegedűs et al. merge a model
+the moment it arrives, so lateness is an artefact of batching a cycle and the
+default keeps it rare; the paper leaves Δ to the user. With equal devices it is
+about 3.2 times one epoch plus one push (``busy / sqrt(2 * 0.05)``). With
+``[network] timing = false`` no time passes and every push is merged in the
+next cycle.
 
 Faults, as the tree protocols honour them: a device that drops out of a cycle
 (``[network] dropout``, the clock's per-(seed, round, device) draw) neither
@@ -78,14 +86,15 @@ from clients.params import ParamStack, replicate, select
 from clients.recommendation.metrics import DeviceModels
 from clients.streams import hashed_uniform
 from etree.core.errors import ProtocolError
-from etree.engine.checkpoint import expect, expect_array, expect_ids, expect_tensor, stack_like
+from etree.engine.checkpoint import CheckpointError, expect, expect_array, expect_ids, expect_tensor, stack_like
 from etree.engine.protocol import Protocol, RoundCost, own_models
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
 from topologies import delays_from, latency_csgraph, pair_path_costs, path_bottleneck_bandwidth
 
-OVERLAYS = ("graph", "random")
+OVERLAYS = ("random", "graph")
+LATE_TARGET = 0.05  # the default period makes at most this share of pushes late, in expectation
 MERGES = ("average", "age")
 #: overlay="random" keeps an exact D x D device transfer-time matrix (float32):
 #: 8192 devices are 256 MiB and about a minute of Dijkstra at setup.
@@ -159,11 +168,29 @@ def merge_delay(arrival_s: np.ndarray, receiver_phase_s: np.ndarray, period_s: f
     return np.maximum(cycles, 1).astype(np.int64)
 
 
+def expected_late_fraction(busy_s: np.ndarray, period_s: float) -> float:
+    """The share of pushes expected to be late at period Δ: device i's push, sent ``busy_s[i]`` (its
+    epoch plus its push) after its wake-up, misses its receiver's next wake-up when
+    ``busy > Δ (1 - (u_i - u_j))``, the phases ``u`` independent and uniform, so ``u_i - u_j`` is
+    triangular on (-1, 1): with ``r = busy / Δ`` the chance is ``r²/2`` up to r = 1, then
+    ``1 - (2 - r)²/2``, and 1 from r = 2."""
+    r = np.asarray(busy_s, dtype=np.float64) / period_s
+    late = np.where(r <= 1, r**2 / 2, np.where(r <= 2, 1 - (2 - r) ** 2 / 2, 1.0))
+    return float(late.mean())
+
+
 def default_period(compute_s: np.ndarray, push_s: np.ndarray) -> float:
-    """Δ when ``period_s`` is not given: the median over devices of one local epoch plus a typical
-    push (``push_s``: the mean transfer time to the device's overlay partners), so that a typical
-    device finishes its epoch and its push within one period (the paper leaves Δ to the user)."""
-    return float(np.median(compute_s + push_s))
+    """Δ when ``period_s`` is not given: the shortest period at which at most ``LATE_TARGET`` of the
+    pushes are expected to be late (``expected_late_fraction``), from each device's local epoch plus a
+    typical push (``push_s``: the mean transfer time to its overlay partners); 0 if both are 0."""
+    busy = np.asarray(compute_s, dtype=np.float64) + np.asarray(push_s, dtype=np.float64)
+    if not busy.max(initial=0.0) > 0:
+        return 0.0
+    low, high = 0.0, float(busy.max()) / math.sqrt(2 * LATE_TARGET)  # at high no device exceeds the target
+    for _ in range(60):  # bisection: the expected share falls as the period grows
+        middle = (low + high) / 2
+        low, high = (low, middle) if expected_late_fraction(busy, middle) <= LATE_TARGET else (middle, high)
+    return high
 
 
 def random_peers(seed: int, round_index: int, devices: int) -> np.ndarray:
@@ -269,8 +296,10 @@ class GossipProtocol(Protocol):
 
     ``accuracy`` is the mean over a fixed seeded sample of at most
     ``eval_devices`` device models (all of them on small fleets), with
-    ``accuracy_std`` their spread; ``voted`` adds the accuracy of their majority
-    vote (the E-Tree authors' LossObserver reports a voted error).
+    ``accuracy_std`` their spread; ``voted`` (default) adds ``voted_accuracy``,
+    the accuracy of their majority vote (the E-Tree authors' LossObserver
+    reports a voted error); ``late_fraction`` is the share of pushes sent so
+    far that arrived late.
     """
 
     def __init__(
@@ -317,6 +346,7 @@ class GossipProtocol(Protocol):
         self.phase = wake_phases(workload.seed, devices, self.period)
         self.in_flight: list[InFlight] = []
         self.senders = np.zeros(0, dtype=np.int64)  # who pushed in the last cycle
+        self.pushes = self.late_pushes = 0  # sent so far, and how many of them arrived late
         keys = hashed_uniform(workload.seed, _EVAL_STREAM, np.arange(devices))
         sample = np.sort(np.argsort(keys, kind="stable")[: self._eval_devices])
         self.evaluated = torch.from_numpy(sample)
@@ -358,6 +388,8 @@ class GossipProtocol(Protocol):
             )
         self.senders = senders
         late = int(np.count_nonzero(delay > 1))
+        self.pushes += len(senders)
+        self.late_pushes += late
         events = {name: float(n) for name, n in (("late_pushes", late), ("lost_pushes", lost)) if n}
         messages = len(senders)
         duration = self.period if timed else 0.0
@@ -421,6 +453,7 @@ class GossipProtocol(Protocol):
 
     def evaluate(self, workload: Workload) -> dict[str, float]:
         metrics = super().evaluate(workload)
+        metrics["late_fraction"] = self.late_pushes / self.pushes if self.pushes else 0.0
         if self._voted and not workload.recommender:
             metrics["voted_accuracy"] = voted_accuracy(
                 workload.model, self.evaluation_models(), workload.x_test, workload.y_test
@@ -433,7 +466,14 @@ class GossipProtocol(Protocol):
         in_flight = [
             {"due": b.due, "receivers": b.receivers, "ages": b.ages, "params": b.params} for b in self.in_flight
         ]
-        return {"params": self.params, "ages": self.ages, "in_flight": in_flight, "senders": self.senders}
+        return {
+            "params": self.params,
+            "ages": self.ages,
+            "in_flight": in_flight,
+            "senders": self.senders,
+            "pushes": self.pushes,
+            "late_pushes": self.late_pushes,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """``setup`` rebuilds the overlay and its timing (deterministic; no training), then the state replaces
@@ -458,6 +498,10 @@ class GossipProtocol(Protocol):
                 )
             )
         self.senders = expect_ids(state["senders"], "senders", devices)
+        self.pushes = expect(state["pushes"], int, "pushes")
+        self.late_pushes = expect(state["late_pushes"], int, "late_pushes")
+        if not 0 <= self.late_pushes <= self.pushes:
+            raise CheckpointError(f"late_pushes: got {self.late_pushes} of {self.pushes} pushes")
 
     def structure(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -478,15 +522,17 @@ class GossipProtocol(Protocol):
 def gossip(
     label: str,
     *,
-    overlay: str = "graph",
+    overlay: str = "random",
     merge: str = "average",
     eval_devices: int = 256,
-    voted: bool = False,
+    voted: bool = True,
     period_s: float | None = None,
 ) -> Protocol:
     """Gossip learning (Hegedűs et al., DAIS 2019); see the module docstring for the choices made.
 
-    ``period_s`` is the gossip period Δ (default: derived, see ``default_period``)."""
+    ``overlay`` defaults to random peer sampling (Hegedűs et al.; the E-Tree authors' Newscast);
+    ``period_s`` is the gossip period Δ (default: the shortest with at most 5% of pushes expected
+    late, see ``default_period``)."""
     if overlay not in OVERLAYS:
         raise ProtocolError(f"protocols.{label}.overlay: got {overlay!r}; choose one of: {', '.join(OVERLAYS)}")
     if merge not in MERGES:

@@ -40,7 +40,6 @@ def spatial_aggregators(workload: Workload, count: int) -> np.ndarray:
     medoid search's Dijkstra rows out of the protocol's cache.
     """
     devices = workload.devices
-    count = min(count, devices)
     pos = np.array([workload.graph.nodes[d]["pos"] for d in range(devices)], dtype=np.float64)
     labels = KMeans(n_clusters=count, n_init=4, random_state=workload.seed % 2**32).fit_predict(pos)
     scratch = NetworkModel(workload.graph)
@@ -48,7 +47,9 @@ def spatial_aggregators(workload: Workload, count: int) -> np.ndarray:
     return np.array(sorted(heads), dtype=np.int64)
 
 
-def edge_cloud_tree(workload: Workload, network: NetworkModel, edge_servers: int | None) -> AggregationTree:
+def edge_cloud_tree(
+    workload: Workload, network: NetworkModel, edge_servers: int | None, label: str = "hierfavg"
+) -> AggregationTree:
     """The client-edge-cloud tree: devices under their nearest edge server, the servers under the cloud.
 
     Edge servers and the cloud are the graph's ``role="edge"`` and ``role="cloud"``
@@ -61,6 +62,10 @@ def edge_cloud_tree(workload: Workload, network: NetworkModel, edge_servers: int
     edges = np.array(sorted(n for n, role in graph.nodes(data="role") if role == "edge"), dtype=np.int64)
     clouds = sorted(n for n, role in graph.nodes(data="role") if role == "cloud")
     if len(edges) == 0:
+        if edge_servers is not None and edge_servers > devices:
+            raise ProtocolError(
+                f"protocols.{label}.edge_servers: got {edge_servers}; at most the {devices} devices can be edge servers"
+            )
         edges = spatial_aggregators(workload, edge_servers or max(1, devices // 20))
     nearest = nearest_server(network, edges, devices)
     used, cluster = np.unique(nearest, return_inverse=True)
@@ -96,6 +101,6 @@ def hierfavg(
         _positive_int(label, "edge_servers", edge_servers)
 
     def build(workload: Workload, network: NetworkModel) -> AggregationTree:
-        return edge_cloud_tree(workload, network, edge_servers)
+        return edge_cloud_tree(workload, network, edge_servers, label)
 
     return TreeProtocol(label, build, ratios=ratios, weighted=weighted, participation=participation)

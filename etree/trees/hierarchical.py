@@ -22,11 +22,22 @@ updates are averaged; a device whose update was lost takes the model pushed
 down, as if it had not trained. ``failover`` (E-Tree) replaces a crashed head
 by the next delay-medoid of its cluster; without it the cluster is lost.
 
+What is scored is what devices hold (``Protocol.evaluate``): after a push from
+layer l every device holds its layer-l ancestor's model (the global model after
+a root aggregation, its cluster's model after a cluster aggregation; public
+nodes the mean of the cluster models, or their home cluster's), and after a
+round without aggregation its own. Those distinct models are evaluated once
+each, weighted by how many devices hold them. The model the root would hold if
+it aggregated now, which no device holds between root aggregations, is only
+``root_accuracy`` (the authors' simulator logs accuracy when the root has
+aggregated and broadcast; there the two agree).
+
 Checkpoints (``state_dict``): the tree as failover left it, which clusters are
-lost, the model stack, late updates held for the next aggregation, the root's
-last model once it is gone, the per-link message counts and the structure's
-description (``tree.json``; E-Tree's comes from its builder, which a resumed run
-never calls: KMA and its pre-training are not rerun). Everything else (ancestor
+lost, the model stack, which layer's models the devices hold, late updates held
+for the next aggregation, the root's last model once it is gone, the per-link
+message counts and the structure's description (``tree.json``; E-Tree's comes
+from its builder, which a resumed run never calls: KMA and its pre-training are
+not rerun). Everything else (ancestor
 indices, public-node rows, weights, path costs) is derived again from the tree
 and the workload. ``tree_state``/``tree_from_state`` and ``timing_state``/
 ``load_timing_state`` are shared with the Flower adapter, which times rounds the same way.
@@ -40,8 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from clients.params import ParamStack, replicate
-from clients.recommendation.metrics import DeviceModels
+from clients.classification.evaluation import evaluate_models
+from clients.params import ParamStack, replicate, select
+from clients.recommendation.interactions import InteractionFleet
+from clients.recommendation.metrics import DeviceModels, evaluate_devices
 from etree.core.errors import ProtocolError
 from etree.engine.checkpoint import CheckpointError, expect, expect_array, expect_ids, expect_tensor, stack_like
 from etree.engine.protocol import Protocol, RoundCost
@@ -63,12 +76,13 @@ class TreeProtocol(Protocol):
     (``ratios[0]`` is local epochs per layer-1 aggregation, normally 1).
     ``weighted`` averages by example counts instead of the paper's plain mean.
     ``participation`` is the fraction of devices sampled to train each round.
-    ``report`` picks what ``accuracy`` means: ``"root"`` evaluates the model the
-    root would hold if it aggregated now; ``"clusters"`` the mean over the
-    layer-1 cluster models (the paper's metric for grouped aggregation).
+    ``top_aggregates=False`` never aggregates the top layer (grouped aggregation).
     ``public_merge`` is how the tree's public nodes take the models coming
     down (``"mean"`` of the K cluster models, or their ``"home"`` cluster's).
     ``describe``, if given, replaces ``tree.to_dict()`` as ``structure()``.
+    ``aggregators_train=False``: devices that are aggregators (FedAvg's server
+    when it is a device) neither train nor join the averages; they still
+    receive, and hold, the model pushed down.
     """
 
     def __init__(
@@ -79,30 +93,28 @@ class TreeProtocol(Protocol):
         ratios: Sequence[int] | None = None,
         weighted: bool = False,
         participation: float = 1.0,
-        report: str = "root",
         top_aggregates: bool = True,
         public_merge: str = "mean",
         describe: Callable[[], dict[str, Any]] | None = None,
         failover: bool = False,
+        aggregators_train: bool = True,
     ) -> None:
         super().__init__(label)
         if ratios is not None and any(int(r) < 1 for r in ratios):
             raise ProtocolError(f"protocols.{label}.ratios: got {list(ratios)}; every ratio must be >= 1")
         if not 0 < participation <= 1:
             raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
-        if report not in ("root", "clusters"):
-            raise ProtocolError(f"protocols.{label}.report: got {report!r}; choose 'root' or 'clusters'")
         if public_merge not in ("mean", "home"):
             raise ProtocolError(f"protocols.{label}.public_merge: got {public_merge!r}; choose 'mean' or 'home'")
         self._build_tree = build_tree
         self._ratios = None if ratios is None else [int(r) for r in ratios]
         self._weighted = weighted
         self._participation = participation
-        self._report = report
         self._top_aggregates = top_aggregates
         self._public_merge = public_merge
         self._describe = describe
         self._failover = failover
+        self._aggregators_train = aggregators_train
 
     # -- hooks -------------------------------------------------------------
     def setup(self, workload: Workload) -> None:
@@ -110,6 +122,7 @@ class TreeProtocol(Protocol):
         self.network = NetworkModel(workload.graph)
         self._attach(self._build_tree(workload, self.network))
         self.params = replicate(workload.initial, workload.devices)
+        self._held_layer = self.tree.depth  # devices hold the layer-l models (0: their own); all start alike
         self._stale: tuple[torch.Tensor, ParamStack] | None = None  # late updates kept for the next aggregation
         self._frozen: ParamStack | None = None  # the root's last model, once the root is lost for good
         # the builder's description (it alone knows how the tree came about), kept as the checkpoint keeps it
@@ -168,6 +181,8 @@ class TreeProtocol(Protocol):
         if self.timing.cap < self.tree.depth and self._frozen is None:
             self._frozen = self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
         if top == 0:
+            if len(ids):
+                self._held_layer = 0  # local epochs only: every device holds what it trained
             return cost
         levels = self._aggregate(active[torch.from_numpy(delivered)], top, stale=True)
         pushed = broadcast(levels[top - 1], self.ancestors[top - 1])  # gathers: fresh tensors
@@ -179,24 +194,54 @@ class TreeProtocol(Protocol):
                 tensor[self.public] = per_cluster[name].mean(0)
         # private parameters (a recommender's user embeddings) are never aggregated nor pushed down
         self.params = pushed | {name: self.params[name] for name in self.workload.private}
+        self._held_layer = top
         events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
         return RoundCost(cost.duration_s, cost.bytes_sent, cost.messages, events, clocked=True)
 
     def evaluation_models(self) -> ParamStack:
-        if self._report == "clusters":
-            return self._aggregate(torch.arange(self.workload.devices), 1)[0]
-        if self._frozen is not None:  # no root any more: what it last held is all there is
-            return self._frozen
-        return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+        """The distinct models the devices hold (see the module docstring)."""
+        return self._held()[0]
+
+    def holders(self) -> torch.Tensor:
+        groups = self._held()[1]
+        return torch.bincount(groups, minlength=int(groups.max()) + 1)
 
     def device_models(self) -> DeviceModels:
-        """Every device with the shared model it would hold (the root's, or its cluster's
-        with ``report="clusters"``) and its own private rows."""
-        shared = self.evaluation_models()
-        devices = torch.arange(self.workload.devices)
-        row = self.ancestors[0] if self._report == "clusters" else torch.zeros(len(devices), dtype=torch.int64)
+        """Every device with the shared model it holds and its own private rows."""
+        shared, groups = self._held()
         private = {name: self.params[name] for name in self.workload.private}
-        return DeviceModels(shared, row, private, devices)
+        return DeviceModels(shared, groups, private, torch.arange(self.workload.devices))
+
+    def evaluate(self, workload: Workload) -> dict[str, float]:
+        """What devices hold (``Protocol.evaluate``), and ``root_accuracy`` (for a recommender
+        ``root_hr@10``, ...): the model the root would hold if it aggregated now, which is what the
+        devices hold right after a root aggregation. Never a "to target" metric. Not reported where it
+        cannot differ from ``accuracy`` (a root that aggregates every round: FedAvg) or means nothing
+        (a root that never aggregates: grouped)."""
+        metrics = super().evaluate(workload)
+        if not self._top_aggregates or self.period[-1] == 1:
+            return metrics
+        root = self.root_model()
+        if workload.recommender:
+            assert isinstance(workload.data, InteractionFleet)
+            devices = torch.arange(workload.devices)
+            private = {name: self.params[name] for name in workload.private}
+            every = DeviceModels(root, torch.zeros(len(devices), dtype=torch.int64), private, devices)
+            scores = evaluate_devices(workload.model, every, workload.data)
+            return metrics | {f"root_{name}": value for name, value in scores.items()}
+        if self._held_layer == self.tree.depth and self._frozen is None:
+            metrics["root_accuracy"] = metrics["accuracy"]  # every device holds the root's model
+        else:
+            accuracy, _ = evaluate_models(workload.model, root, workload.x_test, workload.y_test)
+            metrics["root_accuracy"] = float(accuracy[0])
+        return metrics
+
+    def root_model(self) -> ParamStack:
+        """The model the root would hold if it aggregated every device's model now, as a stack of one
+        (once the root is lost for good: the model it last held)."""
+        if self._frozen is not None:
+            return self._frozen
+        return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
 
     def structure(self) -> dict[str, Any]:
         return self._description if self._description is not None else self.tree.to_dict()
@@ -224,6 +269,7 @@ class TreeProtocol(Protocol):
             "tree": tree_state(self.tree),
             "timing": timing_state(self.timing),
             "params": self.params,
+            "held_layer": self._held_layer,
             "stale": stale,
             "frozen": self._frozen,
             "ledger": ledger_state(self.ledger),
@@ -237,6 +283,9 @@ class TreeProtocol(Protocol):
         load_timing_state(self.timing, state["timing"])
         load_ledger_state(self.ledger, state["ledger"])
         self.params = stack_like(state["params"], workload.initial, "params", rows=workload.devices)
+        self._held_layer = expect(state["held_layer"], int, "held_layer")
+        if not 0 <= self._held_layer <= self.tree.depth:
+            raise CheckpointError(f"held_layer: got {self._held_layer}, the tree has {self.tree.depth} layer(s)")
         self._stale = None
         if state["stale"] is not None:
             stale = expect(state["stale"], dict, "stale")
@@ -280,8 +329,31 @@ class TreeProtocol(Protocol):
         return torch.cat([active, self._extra_device[present]]), torch.cat([clusters, self._extra_segment[present]])
 
     def _participants(self, round_index: int) -> torch.Tensor:
-        chosen = participants(self.workload.seed, round_index, self.workload.devices, self._participation)
+        idle = None
+        if not self._aggregators_train:  # the tree's aggregator devices sit out (FedAvg's server)
+            heads = np.unique(np.concatenate(self.tree.heads))
+            idle = heads[heads < self.workload.devices]
+        chosen = participants(self.workload.seed, round_index, self.workload.devices, self._participation, idle)
         return torch.from_numpy(chosen)
+
+    def _held(self) -> tuple[ParamStack, torch.Tensor]:
+        """The distinct shared models the devices hold and, per device, its row among them.
+
+        Read off the model stack: after a push from layer l every member of a layer-l cluster
+        holds the same model (public nodes, with ``public_merge="mean"`` below the root, one more),
+        so one member's row stands for the group; after local epochs only, each device's own."""
+        shared = self.workload.shared(self.params)
+        devices = self.workload.devices
+        if self._held_layer == 0:
+            return shared, torch.arange(devices)
+        groups = self.ancestors[self._held_layer - 1].clone()
+        count = len(self.tree.heads[self._held_layer - 1])
+        if len(self.public) and self._public_merge == "mean" and self._held_layer < self.tree.depth:
+            groups[self.public] = count
+            count += 1
+        first = torch.full((count,), devices, dtype=torch.int64)  # every group has a member (AggregationTree)
+        first.scatter_reduce_(0, groups, torch.arange(devices), reduce="amin")
+        return select(shared, first), groups
 
     def _top_layer(self, round_index: int) -> int:
         """Highest layer that aggregates this round (0: none)."""

@@ -25,7 +25,7 @@ from etree.trees.kma import (
     kmedoids_clusters,
     pretrain_accuracy,
     pretrain_hit_rate,
-    public_test_set,
+    public_set,
 )
 from etree.trees.public_nodes import select_public_nodes
 from etree.trees.tree import AggregationTree
@@ -85,7 +85,7 @@ class TreeOptions:
     clustering: str = "kma"
     delta: float = 0.09  # authors' clustering.delta
     pretrain_epochs: int = 10  # authors' pretrainRounds
-    public_samples: int = 1000  # size of the authors' public test file
+    public_samples: int = 1000  # size of the authors' public file (drawn from the validation split)
     max_iterations: int = 100  # authors' clustering.iterations
     public_nodes: bool = False
     gamma: float = 0.05  # GUESS: the paper gives no value
@@ -240,7 +240,7 @@ class ETreeBuilder:
             if workload.recommender:
                 accuracy = pretrain_hit_rate(workload, opts.pretrain_epochs, opts.public_samples, public_seed)
             else:
-                x, y = public_test_set(workload, opts.public_samples, public_seed)
+                x, y = public_set(workload, opts.public_samples, public_seed, self.label)
                 accuracy = pretrain_accuracy(workload, opts.pretrain_epochs, x, y)
         self.workload, self.network = workload, network
         self.build = build_etree_tree(
