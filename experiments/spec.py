@@ -351,7 +351,7 @@ def _network(table: Any) -> NetworkConditions:
             raise SpecError(f"{path}: unknown key; allowed: {', '.join(allowed)}")
     network = NetworkConditions(**values)
     rules = [
-        ("compression", network.compression > 0, "must be > 0 (bytes on the wire = model bytes / compression)"),
+        ("compression", network.compression >= 0.01, "must be >= 0.01 (bytes on the wire = model bytes / compression)"),
         ("dropout", 0 <= network.dropout < 1, "must be in [0, 1)"),
         ("deadline_s", network.deadline_s >= 0, "must be >= 0 (0: no deadline)"),
         ("late", network.late in LATE_POLICIES, f"choose one of: {', '.join(LATE_POLICIES)}"),

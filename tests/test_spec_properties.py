@@ -124,9 +124,11 @@ def _files(root: Path) -> dict[str, str]:
     }
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI explores the same 100 specs every time (a failure found elsewhere becomes an @example)
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(edits, min_size=1, max_size=3), out=st.sampled_from([None, None, "new", "earlier", "keep"]))
 # the inputs of issue 12, tried on every run besides what hypothesis draws
+@example(edits=[("set", "network.compression", 1e-289)], out=None)  # wire bytes overflowed int64
 @example(edits=[("set", "name", "")], out=None)
 @example(edits=[("set", "name", "../../escaped")], out=None)
 @example(edits=[("set", "train.lr", math.inf)], out="new")
