@@ -30,8 +30,7 @@ from etree.engine.protocol import Protocol, RoundCost, own_models
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
-from etree.trees.hierarchical import TreeProtocol
-from etree.trees.kma_tree import ETreeBuilder, TreeOptions, check_engine_options, check_ratios
+from etree.trees.kma_tree import TreeOptions, check_ratios, kma_tree_protocol
 
 EVAL_STREAM_TAG = 0x1D1  # mixed with the workload seed: the evaluated sample of devices
 
@@ -122,16 +121,12 @@ def grouped(
             f"(clusters, then the root that never aggregates), e.g. [8, 1]"
         )
     checked = check_ratios(label, [1] * depth if ratios is None else ratios, depth)
-    check_engine_options(label, weighted=weighted, participation=participation)
-    builder = ETreeBuilder(label, options, checked)
-    return TreeProtocol(
+    return kma_tree_protocol(
         label,
-        builder,
-        ratios=checked,
+        options,
+        checked,
         weighted=weighted,
         participation=participation,
-        top_aggregates=False,
         public_merge=public_merge,
-        describe=builder.describe,
-        failover=True,  # a crashed head is replaced by the next delay-medoid of its cluster
+        top_aggregates=False,
     )

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 
 from etree.engine.protocol import Protocol
 from etree.engine.registry import register_protocol
-from etree.trees.hierarchical import TreeProtocol
-from etree.trees.kma_tree import ETreeBuilder, TreeOptions, check_engine_options, check_ratios
+from etree.trees.kma_tree import TreeOptions, check_ratios, kma_tree_protocol
 
 
 # -- the protocol ------------------------------------------------------------
@@ -60,15 +59,11 @@ def etree(
         gamma=gamma,
     )
     checked = check_ratios(label, ratios, len(options.groups))
-    check_engine_options(label, weighted=weighted, participation=participation)
-    builder = ETreeBuilder(label, options, checked)
-    return TreeProtocol(
+    return kma_tree_protocol(
         label,
-        builder,
-        ratios=checked,
+        options,
+        checked,
         weighted=weighted,
         participation=participation,
         public_merge=public_merge,
-        describe=builder.describe,
-        failover=True,  # a crashed head is replaced by the next delay-medoid of its cluster
     )

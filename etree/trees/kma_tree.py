@@ -18,6 +18,7 @@ from clients.classification.fleet import FleetData
 from etree.core.errors import ProtocolError
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
+from etree.trees.hierarchical import TreeProtocol
 from etree.trees.kma import (
     Clustering,
     DelayOracle,
@@ -67,14 +68,6 @@ def check_ratios(label: str, ratios: Any, depth: int) -> tuple[int, ...]:
     if len(ratios) != depth or not all(_is_int(r) and r >= 1 for r in ratios):
         raise ProtocolError(f"{field}: got {list(ratios)}; give {depth} integer(s) >= 1, one per layer of groups")
     return tuple(int(r) for r in ratios)
-
-
-def check_engine_options(label: str, *, weighted: Any, participation: Any) -> None:
-    """Types of the round-engine options (their ranges are checked by ``TreeProtocol``)."""
-    if not isinstance(weighted, bool):
-        raise ProtocolError(f"protocols.{label}.weighted: got {weighted!r}; must be true or false")
-    if not _is_real(participation):
-        raise ProtocolError(f"protocols.{label}.participation: got {participation!r}; must be a number in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -306,3 +299,29 @@ class ETreeBuilder:
             "gamma": self.options.gamma if self.options.public_nodes else None,
         }
         return out
+
+
+def kma_tree_protocol(
+    label: str,
+    options: TreeOptions,
+    ratios: Sequence[int],
+    *,
+    weighted: bool,
+    participation: float,
+    public_merge: str,
+    top_aggregates: bool = True,
+) -> TreeProtocol:
+    """The round engine over the KMA tree, shared by ``etree`` and ``grouped`` (which differ only in
+    whether the top layer aggregates); a crashed head is replaced by the next delay-medoid of its cluster."""
+    builder = ETreeBuilder(label, options, ratios)
+    return TreeProtocol(
+        label,
+        builder,
+        ratios=ratios,
+        weighted=weighted,
+        participation=participation,
+        top_aggregates=top_aggregates,
+        public_merge=public_merge,
+        describe=builder.describe,
+        failover=True,
+    )
