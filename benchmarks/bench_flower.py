@@ -2,9 +2,14 @@
 
 Same spec, partitions, model, local training code and seeds; full participation,
 one local epoch of per-sample SGD on 40 synthetic samples per device (softmax
-regression). Flower's time is its whole wall time; its fixed start-up (Ray and
-actors) is estimated from runs of 1 and ``--rounds`` rounds: start-up = T1 - per-round,
-per-round = (TR - T1) / (R - 1). Both runs evaluate only at the end.
+regression). Each side's time is its whole wall time (set-up, rounds, evaluations); its steady
+per-round cost is estimated the same way for both, from runs of 1 and ``--rounds`` rounds:
+per-round = (TR - T1) / (R - 1), start-up = T1 - per-round (Flower: Ray and actors; the engine:
+its set-up and first evaluation). Every run evaluates at round 0 and at the end. "ratio
+(steady)" is the engine's steady client-rounds/s over Flower's, measured side by side;
+"engine all-in / Flower steady" keeps the engine's set-up and evaluations in. The engine's
+runs come after one warm-up run in the same process (torch's first kernels), the fastest of
+``--repeats`` counting; Flower's two runs are single.
 
 Run: ``.venv/bin/python benchmarks/bench_flower.py [--devices 50 500] [--rounds 3]``
 """
@@ -47,38 +52,57 @@ def _wall(name: str, devices: int, rounds: int) -> float:
     return time.perf_counter() - start
 
 
+def _steady(devices: int, one: float, many: float, rounds: int) -> float | None:
+    """Client-rounds/s of the rounds after the first, (TR - T1) / (R - 1) per round; None when noise
+    makes the 1-round run look slower than the longer one."""
+    per_round = (many - one) / max(1, rounds - 1)
+    return devices / per_round if per_round > 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="in-engine runs per size (the fastest counts)")
     args = parser.parse_args()
     table = Table(title=f"FedAvg client-rounds/s: in-engine vs Flower ({args.rounds} rounds, full participation)")
     for column in (
         "devices",
-        "in-engine cr/s",
+        "in-engine cr/s (all)",
+        "in-engine steady cr/s",
         "Flower cr/s (all)",
         "Flower start-up s",
         "Flower steady cr/s",
         "ratio (all)",
         "ratio (steady)",
+        "engine all-in / Flower steady",
     ):
         table.add_column(column, justify="right")
     for devices in args.devices:
-        engine = _wall("fedavg", devices, args.rounds)
+        _wall("fedavg", devices, 1)  # warm-up: torch's first kernels and thread pool, paid once per process
+        engine_one = min(_wall("fedavg", devices, 1) for _ in range(args.repeats))
+        engine = min(_wall("fedavg", devices, args.rounds) for _ in range(args.repeats))
         flower_one = _wall("flower", devices, 1)
         flower_all = _wall("flower", devices, args.rounds)
-        per_round = (flower_all - flower_one) / max(1, args.rounds - 1)
         client_rounds = devices * args.rounds
         fast, slow = client_rounds / engine, client_rounds / flower_all
-        if per_round > 0:  # noisy machines can make the 1-round run look slower than the longer one
-            steady = devices / per_round
-            extra = [f"{max(0.0, flower_one - per_round):.1f}", f"{steady:,.1f}", f"{fast / steady:,.0f}x"]
-        else:
-            extra = ["n/a", "n/a", "n/a"]
-        table.add_row(
-            f"{devices:,}", f"{fast:,.0f}", f"{slow:,.1f}", extra[0], extra[1], f"{fast / slow:,.0f}x", extra[2]
+        engine_steady, steady = (
+            _steady(devices, engine_one, engine, args.rounds),
+            _steady(devices, flower_one, flower_all, args.rounds),
         )
-    Console().print(table)
+        start_up = flower_one - devices / steady if steady else None
+        table.add_row(
+            f"{devices:,}",
+            f"{fast:,.0f}",
+            f"{engine_steady:,.0f}" if engine_steady else "n/a",
+            f"{slow:,.1f}",
+            f"{max(0.0, start_up):.1f}" if start_up is not None else "n/a",
+            f"{steady:,.1f}" if steady else "n/a",
+            f"{fast / slow:,.0f}x",
+            f"{engine_steady / steady:,.0f}x" if engine_steady and steady else "n/a",
+            f"{fast / steady:,.0f}x" if steady else "n/a",
+        )
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="protocol every other one is compared with, paired by seed (t-test and Wilcoxon p-values)",
     )
+    sweep.add_argument(
+        "--tune",
+        action="append",
+        default=[],
+        metavar="train.KEY=V1,V2",
+        help="first tune each setting's protocols over these values on its validation split (etree tune; "
+        "default: the spec's [sweep.tune] grid); the setting's runs use what each protocol chose",
+    )
+    sweep.add_argument(
+        "--tune-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of the tuning runs only, e.g. rounds=10 (default: [sweep.tune] set)",
+    )
     tune = commands.add_parser("tune", help="pick each protocol's training settings on the validation split")
     tune.add_argument("spec")
     tune.add_argument(
@@ -114,6 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tune.add_argument("--out", type=Path, help="folder for tuned.toml and tune.md (default: results/<spec name>_tune)")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
+    designer = commands.add_parser("design", help="search the tree (layers, K, ratios, clustering) for a spec's fleet")
+    designer.add_argument("spec")
+    designer.add_argument("--protocol", metavar="LABEL", help="the etree protocol to design (default: the first)")
+    designer.add_argument("--objective", default="time", help="time | bytes (to --target) | accuracy (default time)")
+    designer.add_argument(
+        "--target", type=float, help="validation accuracy to reach (default: 90%% of the best baseline's final)"
+    )
+    designer.add_argument("--budget", default="20", help="trained trials (20) or training rounds in total (600r)")
+    designer.add_argument("--seed", type=int, help="the search's seed (default: the spec's seed)")
+    designer.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    designer.add_argument("--out", type=_path, help="folder for designed.toml, design.md, design.png")
+    designer.add_argument("--quiet", action="store_true", help="no progress bar")
     plot = commands.add_parser("plot", help="redraw the plots and summary of a run folder from its files")
     plot.add_argument("run_dir", type=Path)
     listing = commands.add_parser("list", help="list what a spec can name, with each option's type and default")
@@ -281,6 +308,29 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _design(args: argparse.Namespace) -> int:
+    from experiments.design import design
+    from experiments.progress import BatchProgress
+    from experiments.spec import load_spec
+
+    out = args.out or Path("results") / f"{load_spec(args.spec, args.overrides).name}_design"
+    with BatchProgress("design", enabled=not args.quiet) as progress:
+        design(
+            Path(args.spec),
+            out,
+            protocol=args.protocol,
+            objective=args.objective,
+            target=args.target,
+            budget=args.budget,
+            seed=args.seed,
+            overrides=args.overrides,
+            on_done=progress.update,
+        )
+    print((out / "design.md").read_text())
+    print(f"wrote {out}/ (designed.toml, design.md, design.png; run it with: etree run {out / 'designed.toml'})")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from experiments.progress import BatchProgress
     from experiments.spec import load_spec
@@ -298,6 +348,8 @@ def _sweep(args: argparse.Namespace) -> int:
             base_overrides=args.overrides,
             on_done=lambda folder, done, total: progress.update(str(Path(folder).relative_to(out)), done, total),
             reference=args.reference,
+            tune=args.tune,
+            tune_overrides=args.tune_set,
         )
     print((out / "summary.md").read_text())
     return 0
@@ -324,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "table3": _table3,
         "sweep": _sweep,
         "tune": _tune,
+        "design": _design,
         "list": _list,
     }
     with terminate_as_interrupt():  # SIGTERM cleans up as Ctrl-C does

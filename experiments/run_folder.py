@@ -35,7 +35,7 @@ MARKER = "etree.json"
 MARKER_FORMAT = 1
 CHECKPOINT_DIR = "checkpoint"  # a run's checkpoint (experiments.checkpoints), inside its run folder
 CHECKED = ("spec.toml", "metrics.csv", "links.csv", "tree.json")  # read back, so recorded by hash
-KINDS = ("run", "tree", "sweep", "table3", "tune")
+KINDS = ("run", "tree", "sweep", "table3", "tune", "design")
 
 
 class RunFolderError(EtreeError):

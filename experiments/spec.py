@@ -202,6 +202,11 @@ class SweepPlan:
 
     grid: tuple[tuple[str, tuple[str, ...]], ...] = ()
     seeds: int | None = None
+    # [sweep.tune]: each setting's protocols tuned (etree tune) before its runs; grid items as
+    # ``train.KEY=V1,V2`` texts, ``--set`` overrides of the tuning runs only, seeds per value
+    tune: tuple[str, ...] = ()
+    tune_set: tuple[str, ...] = ()
+    tune_seeds: int = 1
 
 
 # -- loading ------------------------------------------------------------------
@@ -580,8 +585,8 @@ def sweep_plan(table: Any) -> SweepPlan:
     if not isinstance(table, Mapping):
         raise SpecError(f"sweep: expected a table, got {type(table).__name__}")
     for key in table:
-        if key not in ("grid", "seeds"):
-            raise SpecError(f"sweep.{key}: unknown key; allowed: grid, seeds")
+        if key not in ("grid", "seeds", "tune"):
+            raise SpecError(f"sweep.{key}: unknown key; allowed: grid, seeds, tune")
     seeds = None
     if "seeds" in table:
         seeds = _typed(table["seeds"], int, "sweep.seeds")
@@ -603,7 +608,34 @@ def sweep_plan(table: Any) -> SweepPlan:
                 axes.append((dotted, tuple(override_text(v) for v in value)))
 
     walk(grid, "")
-    return SweepPlan(tuple(axes), seeds)
+    return SweepPlan(tuple(axes), seeds, *_tune_plan(table.get("tune", {})))
+
+
+def _tune_plan(table: Any) -> tuple[tuple[str, ...], tuple[str, ...], int]:
+    """``[sweep.tune]``: ``grid`` (``{"train.lr" = [...]}``), ``set`` (overrides of the tuning runs
+    only, e.g. ``["rounds=10"]``) and ``seeds`` (per grid value, default 1)."""
+    if not isinstance(table, Mapping):
+        raise SpecError(f"sweep.tune: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key not in ("grid", "set", "seeds"):
+            raise SpecError(f"sweep.tune.{key}: unknown key; allowed: grid, set, seeds")
+    grid = table.get("grid", {})
+    if not isinstance(grid, Mapping):
+        raise SpecError('sweep.tune.grid: expected a table such as {"train.lr" = [0.02, 0.05]}')
+    flat = {f"train.{k}": v for k, v in grid.get("train", {}).items()} if isinstance(grid.get("train"), Mapping) else {}
+    flat |= {k: v for k, v in grid.items() if k != "train"}
+    items = []
+    for key, values in flat.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"sweep.tune.grid.{key}: got {values!r}; expected a non-empty array of values")
+        items.append(f"{key}={','.join(override_text(v) for v in values)}")
+    overrides = table.get("set", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise SpecError('sweep.tune.set: expected an array of KEY=VALUE texts, e.g. ["rounds=10"]')
+    seeds = _typed(table.get("seeds", 1), int, "sweep.tune.seeds")
+    if seeds < 1:
+        raise SpecError(f"sweep.tune.seeds: got {seeds}; must be >= 1")
+    return tuple(items), tuple(overrides), seeds
 
 
 def _read_raw(path: str | os.PathLike[str]) -> dict[str, Any]:

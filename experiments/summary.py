@@ -108,10 +108,7 @@ def equal_cost_lines(curves: Mapping[str, Series], metric: str) -> list[str]:
     what an edge deployment pays (DESIGN: results at equal rounds, time and bytes)."""
     if len(curves) < 2:
         return []
-    rounds = min(int(s.rounds[-1]) for s in curves.values())
-    senders = [s for s in curves.values() if s.bytes_sent[-1] > 0] or list(curves.values())
-    seconds = min(float(s.sim_time_s[-1]) for s in senders)
-    nbytes = min(float(s.bytes_sent[-1]) for s in senders)
+    rounds, seconds, nbytes = equal_budgets(curves)
     lines = [
         "",
         f"## At equal cost ({metric} the devices hold)",
@@ -119,10 +116,26 @@ def equal_cost_lines(curves: Mapping[str, Series], metric: str) -> list[str]:
         f"| protocol | at round {rounds} | at {seconds:.4g} s | at {_fmt_bytes(nbytes)} |",
         "|---|---|---|---|",
     ]
-    for protocol, s in curves.items():
-        cells = [value_at(s, "rounds", rounds), value_at(s, "sim_time_s", seconds), value_at(s, "bytes_sent", nbytes)]
+    for protocol, cells in values_at_equal_cost(curves).items():
         lines.append(f"| {protocol} | " + " | ".join("—" if np.isnan(v) else f"{v:.4f}" for v in cells) + " |")
     return lines
+
+
+def equal_budgets(curves: Mapping[str, Series]) -> tuple[int, float, float]:
+    """The budgets of :func:`equal_cost_lines`: the fewest rounds any protocol ran, and the simulated
+    time and bytes at which the first protocol that communicates stops."""
+    rounds = min(int(s.rounds[-1]) for s in curves.values())
+    senders = [s for s in curves.values() if s.bytes_sent[-1] > 0] or list(curves.values())
+    return rounds, min(float(s.sim_time_s[-1]) for s in senders), min(float(s.bytes_sent[-1]) for s in senders)
+
+
+def values_at_equal_cost(curves: Mapping[str, Series]) -> dict[str, tuple[float, float, float]]:
+    """Per protocol, its metric at the :func:`equal_budgets` of rounds, simulated time and bytes."""
+    rounds, seconds, nbytes = equal_budgets(curves)
+    return {
+        protocol: (value_at(s, "rounds", rounds), value_at(s, "sim_time_s", seconds), value_at(s, "bytes_sent", nbytes))
+        for protocol, s in curves.items()
+    }
 
 
 def _busiest_links(links: Iterable[LinkRow], protocols: Mapping[str, object]) -> list[str]:

@@ -136,14 +136,20 @@ def run_sweep(
     base_overrides: Sequence[str] = (),
     on_done: Callable[[str, int, int], None] | None = None,
     reference: str | None = None,
+    tune: Sequence[str] = (),
+    tune_overrides: Sequence[str] = (),
 ) -> Path:
     """Run every setting x seed (validating every spec and each setting's workload first, so bad input
     fails before any run).
 
     ``grid`` and ``seeds`` extend or replace the spec's ``[sweep]`` table (3 seeds if neither says).
     ``reference`` names the protocol the summary's paired tests compare every other one against.
+    ``tune`` (``train.KEY=V1,V2`` items; default the spec's ``[sweep.tune]`` grid) first tunes each
+    setting's protocols on its validation split (:func:`experiments.tune.tune`, into
+    ``<setting>/tune/``, with ``tune_overrides`` or ``[sweep.tune] set`` shaping those runs only);
+    the setting's runs then use its ``tuned.toml``: every method at its best, per workload.
     """
-    from experiments.runner import check_workload
+    from experiments.tune import parse_tune_grid
 
     plan = load_sweep_plan(spec_path, base_overrides)
     seeds = seeds if seeds is not None else plan.seeds or 3
@@ -151,24 +157,70 @@ def run_sweep(
         raise SpecError(f"--seeds: got {seeds}; must be >= 1")
     if jobs < 1:
         raise SpecError(f"--jobs: got {jobs}; must be >= 1")
+    tune = list(tune) or list(plan.tune)
+    tune_overrides = list(tune_overrides) or list(plan.tune_set)
+    if tune:
+        parse_tune_grid(tune)
     settings = grid_settings(merge_axes(plan.grid, parse_axes(grid)))
     base = load_spec(spec_path, list(base_overrides))
-    base_seed = base.seed
     if reference is not None and reference not in (p.label for p in base.protocols):
         known = ", ".join(p.label for p in base.protocols)
         raise SpecError(f"--reference: no protocol labelled {reference!r} in the spec; it has: {known}")
-    seed_list = [base_seed + k for k in range(seeds)]
+    seed_list = [base.seed + k for k in range(seeds)]
+    for setting in settings:  # fail fast: tuning overrides and every setting's workload, before any run
+        load_spec(spec_path, [*base_overrides, *setting.overrides, *tune_overrides])
+    tasks, reused = _plan_runs({s.name: spec_path for s in settings}, settings, seed_list, base_overrides, out)
+    with batch_folder(out, "sweep", [SWEEP_FILE, *(setting.name for setting in settings)], "--out"):
+        record: dict[str, object] = {
+            "spec": str(spec_path),
+            "seeds": seed_list,
+            "settings": {s.name: list(s.overrides) for s in settings},
+            "reused": reused,
+            "reference": reference,
+        }
+        if tune:
+            jobs_list = [
+                (
+                    str(spec_path),
+                    str(out / s.name / "tune"),
+                    tuple(tune),
+                    plan.tune_seeds,
+                    (*base_overrides, *s.overrides, *tune_overrides),
+                )
+                for s in settings
+            ]
+            tuned = dict(zip((s.name for s in settings), _map(_tune_one, jobs_list, jobs, None), strict=True))
+            tasks, reused = _plan_runs({k: Path(v) for k, v in tuned.items()}, settings, seed_list, base_overrides, out)
+            record |= {"reused": reused, "tuned": {k: str(Path(v).relative_to(out)) for k, v in tuned.items()}}
+        atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
+        _map(_run_one, tasks, jobs, on_done)
+        add_to_marker(out, [path.name for path in summarise_sweep(out)])
+    return out
+
+
+def _plan_runs(
+    spec_paths: dict[str, Path],
+    settings: Sequence[Setting],
+    seed_list: Sequence[int],
+    base_overrides: Sequence[str],
+    out: Path,
+) -> tuple[list[tuple[str, tuple[str, ...], str, tuple[str, ...]]], dict[str, dict[str, str]]]:
+    """The run tasks of every setting (its spec file ``spec_paths[name]``) and the protocols reused
+    from an earlier setting whose inputs are identical over all seeds."""
+    from experiments.runner import check_workload
+
     tasks = []
     first_run: dict[str, str] = {}  # a protocol's resolved inputs over all seeds -> the setting that runs it
     reused: dict[str, dict[str, str]] = {}
     for setting in settings:
+        path = spec_paths[setting.name]
         specs = {
-            seed: load_spec(spec_path, [*base_overrides, *setting.overrides, f"seed={seed}"])  # fail fast
+            seed: load_spec(path, [*base_overrides, *setting.overrides, f"seed={seed}"])  # fail fast
             for seed in seed_list
         }
-        check_workload(specs[base_seed])  # a bad partition or topology file of any setting, before any run
+        check_workload(specs[seed_list[0]])  # a bad partition or topology file of any setting, before any run
         labels = []
-        for protocol in specs[base_seed].protocols:
+        for protocol in specs[seed_list[0]].protocols:
             inputs = json.dumps([only(specs[seed], [protocol.label]).to_dict() for seed in seed_list], default=repr)
             if inputs in first_run:
                 reused.setdefault(setting.name, {})[protocol.label] = first_run[inputs]
@@ -178,35 +230,43 @@ def run_sweep(
         if labels:
             for seed in seed_list:
                 overrides = (*base_overrides, *setting.overrides, f"seed={seed}")
-                tasks.append((str(spec_path), overrides, str(out / setting.name / f"seed{seed}"), tuple(labels)))
-    with batch_folder(out, "sweep", [SWEEP_FILE, *(setting.name for setting in settings)], "--out"):
-        record = {
-            "spec": str(spec_path),
-            "seeds": seed_list,
-            "settings": {s.name: list(s.overrides) for s in settings},
-            "reused": reused,
-            "reference": reference,
-        }
-        atomic_write_text(out / SWEEP_FILE, json.dumps(record, indent=1) + "\n")
-        if jobs == 1:
-            finished: Iterable[str] = (_run_one(*task) for task in tasks)
-            _report(finished, len(tasks), on_done)
-        else:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=_one_torch_thread) as pool:
-                try:
-                    _report(pool.map(_run_one, *zip(*tasks, strict=True)), len(tasks), on_done)
-                except BaseException:  # Ctrl-C, SIGTERM, a failed run: the runs not started yet never start
-                    pool.shutdown(cancel_futures=True)
-                    raise
-        add_to_marker(out, [path.name for path in summarise_sweep(out)])
-    return out
+                tasks.append((str(path), overrides, str(out / setting.name / f"seed{seed}"), tuple(labels)))
+    return tasks, reused
 
 
-def _report(finished: Iterable[str], total: int, on_done: Callable[[str, int, int], None] | None) -> None:
+def _tune_one(spec_path: str, folder: str, grid: tuple[str, ...], seeds: int, overrides: tuple[str, ...]) -> str:
+    """Worker: tune one setting's protocols; the path of its ``tuned.toml``."""
+    from experiments.tune import tune
+
+    return str(tune(Path(spec_path), Path(folder), grid=grid, seeds=seeds, overrides=overrides) / "tuned.toml")
+
+
+def _map(
+    work: Callable[..., str],
+    tasks: Sequence[tuple[object, ...]],
+    jobs: int,
+    on_done: Callable[[str, int, int], None] | None,
+) -> list[str]:
+    """``work(*task)`` for every task, in ``jobs`` processes (each with one torch thread), in order."""
+    if jobs == 1 or len(tasks) <= 1:
+        finished: Iterable[str] = (work(*task) for task in tasks)
+        return _report(finished, len(tasks), on_done)
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_one_torch_thread) as pool:
+        try:
+            return _report(pool.map(work, *zip(*tasks, strict=True)), len(tasks), on_done)
+        except BaseException:  # Ctrl-C, SIGTERM, a failed run: the runs not started yet never start
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def _report(finished: Iterable[str], total: int, on_done: Callable[[str, int, int], None] | None) -> list[str]:
     """Consume the runs as they finish, telling ``on_done(folder, runs done, runs in all)``."""
+    done = []
     for count, folder in enumerate(finished, start=1):
+        done.append(folder)
         if on_done:
             on_done(folder, count, total)
+    return done
 
 
 def default_jobs() -> int:
@@ -221,5 +281,3 @@ def _one_torch_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-

@@ -14,6 +14,7 @@ from experiments.metrics_file import metric_label
 from experiments.plots import save_figure
 from experiments.run_folder import atomic_write_text
 from experiments.study_plot import write_study
+from experiments.summary import values_at_equal_cost
 from experiments.sweep_files import SWEEP_FILE, confidence, sweep_curves, sweep_runs
 
 
@@ -60,39 +61,54 @@ def summarise_sweep(out: Path) -> list[Path]:
     return [out / "summary.md", out / "sweep.png", *(write_study(out) or ())]
 
 
+MEASURES = ("final", "at equal simulated time", "at equal bytes")
+
+
 def paired_lines(out: Path, metric: str) -> list[str]:
     """Against the sweep's ``reference`` protocol (``etree sweep --reference``): per setting and
-    protocol, the final-metric difference paired by seed, its mean with a 95% CI (Student t), and
-    the paired t-test's and Wilcoxon signed-rank test's two-sided p-values (``scipy.stats``)."""
+    protocol, the difference paired by seed, its mean with a 95% CI (Student t), and the paired
+    t-test's and Wilcoxon signed-rank test's two-sided p-values (``scipy.stats``); for the final
+    metric and for the metric at equal simulated time and at equal bytes, each budget set per run
+    as the run's ``summary.md`` sets it (:func:`experiments.summary.equal_budgets`: where the first
+    protocol that communicates stops), so a method is not credited for rounds that cost more."""
     reference = json.loads((out / SWEEP_FILE).read_text()).get("reference")
     if not reference:
         return []
-    finals: dict[str, dict[str, dict[int, float]]] = {}
+    # values[measure][setting][protocol][seed]
+    values: dict[str, dict[str, dict[str, dict[int, float]]]] = {m: {} for m in MEASURES}
     for _, overrides, seed, runs in sweep_runs(out):
         setting = ", ".join(overrides) or "base"
-        for protocol, metrics in runs.items():
-            if metric in metrics:
-                finals.setdefault(setting, {}).setdefault(protocol, {})[seed] = float(metrics[metric].values[-1])
-    lines = [
-        "",
-        f"## Paired over seeds: final {metric} minus {reference}'s",
-        "",
-        "| setting | protocol | seeds | mean difference ± 95% CI | paired t p | Wilcoxon p |",
-        "|---|---|---|---|---|---|",
-    ]
-    for setting, protocols in finals.items():
-        base = protocols.get(reference, {})
-        for protocol, by_seed in protocols.items():
-            seeds = sorted(set(by_seed) & set(base))
-            if protocol == reference or not seeds:
-                continue
-            diff = np.array([by_seed[k] - base[k] for k in seeds])
-            mean, half = confidence(diff)
-            t_p, w_p = paired_p_values(diff)
-            lines.append(
-                f"| {setting} | {protocol} | {len(seeds)} | {float(mean):+.4f} ± {float(half):.4f} "
-                f"| {_p(t_p)} | {_p(w_p)} |"
-            )
+        curves = {protocol: metrics[metric] for protocol, metrics in runs.items() if metric in metrics}
+        if not curves:
+            continue
+        at_cost = values_at_equal_cost(curves) if len(curves) > 1 else {}
+        for protocol, series in curves.items():
+            cells = (float(series.values[-1]), *at_cost.get(protocol, (math.nan,) * 3)[1:])
+            for measure, value in zip(MEASURES, cells, strict=True):
+                values[measure].setdefault(setting, {}).setdefault(protocol, {})[seed] = value
+    lines: list[str] = []
+    for measure in MEASURES:
+        lines += [
+            "",
+            f"## Paired over seeds: {metric} ({measure}) minus {reference}'s",
+            "",
+            "| setting | protocol | seeds | mean | mean difference ± 95% CI | paired t p | Wilcoxon p |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for setting, protocols in values[measure].items():
+            base = protocols.get(reference, {})
+            for protocol, by_seed in protocols.items():
+                seeds = [k for k in sorted(set(by_seed) & set(base)) if not math.isnan(by_seed[k] - base[k])]
+                if protocol == reference or not seeds:
+                    continue
+                diff = np.array([by_seed[k] - base[k] for k in seeds])
+                mean, half = confidence(diff)
+                t_p, w_p = paired_p_values(diff)
+                own = float(np.mean([by_seed[k] for k in seeds]))
+                lines.append(
+                    f"| {setting} | {protocol} | {len(seeds)} | {own:.4f} | {float(mean):+.4f} ± {float(half):.4f} "
+                    f"| {_p(t_p)} | {_p(w_p)} |"
+                )
     return lines
 
 

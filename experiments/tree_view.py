@@ -21,6 +21,7 @@ from rich.tree import Tree
 from experiments.plots import save_figure
 
 MAX_LISTED = 12
+MAX_DRAWN_LINKS = 100_000  # above this the network's links are left out of a drawing (grey wash, seconds to render)
 
 
 def outline(structure: dict[str, Any], label: str) -> Tree:
@@ -47,7 +48,12 @@ def outline(structure: dict[str, Any], label: str) -> Tree:
 
 
 def draw_tree(graph: nx.Graph, structure: dict[str, Any], path: Path, *, title: str) -> Path:
-    """Devices coloured by cluster, member-to-head links, heads (triangles) and the root (star)."""
+    """Devices coloured by cluster, member-to-head links, heads (triangles) and the root (star).
+
+    The network's own links are drawn in light grey up to ``MAX_DRAWN_LINKS`` links; a larger
+    network (a 100,000-device random geometric graph has 1.1 million) would only grey the picture
+    over, so the title says they are left out. Segments go to matplotlib as one array each.
+    """
     pos = np.array([graph.nodes[n]["pos"] for n in range(graph.number_of_nodes())], dtype=float)
     layers = structure["layers"]
     devices = structure["devices"]
@@ -55,28 +61,28 @@ def draw_tree(graph: nx.Graph, structure: dict[str, Any], path: Path, *, title: 
     figure, ax = plt.subplots(figsize=(8, 8), constrained_layout=True)
     colours = plt.get_cmap("tab20")
     small = devices > 300
-    ax.add_collection(
-        LineCollection(
-            [pos[[u, v]] for u, v in graph.edges()], colors="0.85", linewidths=0.3 if small else 0.6, zorder=0
-        )
-    )
+    if graph.number_of_edges() <= MAX_DRAWN_LINKS:
+        links = np.array(graph.edges(), dtype=np.int64).reshape(-1, 2)
+        ax.add_collection(LineCollection(list(pos[links]), colors="0.85", linewidths=0.3 if small else 0.6, zorder=0))
+    else:
+        title = f"{title} ({graph.number_of_edges():,} network links not drawn)"
     for k, cluster in enumerate(layers[0]["clusters"]):
-        members = np.array(cluster["members"])
+        members = np.array(cluster["members"], dtype=np.int64)
         cluster_of[members] = k
-        segments = [pos[[m, cluster["head"]]] for m in members if m != cluster["head"]]
-        ax.add_collection(LineCollection(segments, colors=[colours(k % 20)], linewidths=0.5, alpha=0.6, zorder=1))
+        spokes = _spokes(pos, members, cluster["head"])
+        ax.add_collection(LineCollection(list(spokes), colors=[colours(k % 20)], linewidths=0.5, alpha=0.6, zorder=1))
     ax.scatter(
         pos[:devices, 0],
         pos[:devices, 1],
-        c=[colours(k % 20) for k in cluster_of],
+        c=colours(cluster_of % 20),
         s=6 if small else 22,
         zorder=2,
         linewidths=0,
     )
     for level, layer in enumerate(layers[1:], start=1):
         for cluster in layer["clusters"]:
-            segments = [pos[[m, cluster["head"]]] for m in cluster["members"] if m != cluster["head"]]
-            ax.add_collection(LineCollection(segments, colors="k", linewidths=1.0 + level, zorder=3))
+            spokes = _spokes(pos, np.array(cluster["members"], dtype=np.int64), cluster["head"])
+            ax.add_collection(LineCollection(list(spokes), colors="k", linewidths=1.0 + level, zorder=3))
     heads = np.array([c["head"] for c in layers[0]["clusters"]])
     ax.scatter(
         pos[heads, 0], pos[heads, 1], marker="^", s=90, c="white", edgecolors="k", zorder=4, label="cluster head"
@@ -98,3 +104,9 @@ def draw_tree(graph: nx.Graph, structure: dict[str, Any], path: Path, *, title: 
     ax.set_xticks([])
     ax.set_yticks([])
     return save_figure(figure, path)
+
+
+def _spokes(pos: np.ndarray, members: np.ndarray, head: int) -> np.ndarray:
+    """``[m, 2, 2]`` segments from each member other than ``head`` to ``head``."""
+    others = members[members != head]
+    return np.stack([pos[others], np.broadcast_to(pos[head], (len(others), 2))], axis=1)

@@ -174,7 +174,7 @@ def test_flower_resumes_from_its_state_without_simulating_again(monkeypatch: pyt
     simulated: list[int] = []
 
     def fixed_run(
-        workload: Workload, *, participation: float, idle: np.ndarray | None, weighted: bool, label: str
+        workload: Workload, *, strategy: Any, participation: float, idle: np.ndarray | None, weighted: bool, label: str
     ) -> Any:
         simulated.append(workload.rounds)
         shared = workload.shared(workload.initial)
@@ -187,7 +187,7 @@ def test_flower_resumes_from_its_state_without_simulating_again(monkeypatch: pyt
         models = [{k: v + 0.1 * r for k, v in shared.items()} for r in range(workload.rounds + 1)]
         return flower_module.FlowerRun(models, trained, 1.5, "/tmp/ray", frozenset(shared), rows)
 
-    monkeypatch.setattr(flower_module, "run_flower_fedavg", fixed_run)
+    monkeypatch.setattr(flower_module, "run_flower", fixed_run)
 
     def run(resume: RunSnapshot | None) -> tuple[list[Record], list[RunSnapshot]]:
         protocol = make_protocol("flower", "flower", {"participation": 0.5})

@@ -1,9 +1,11 @@
-"""The Flower baseline agrees with in-engine FedAvg, stays on loopback and cleans up after itself.
+"""The Flower baseline agrees with in-engine FedAvg, stays on loopback and cleans up after itself;
+Flower's other strategies agree with their in-engine counterparts.
 
 Each Flower run starts Ray (15-30 s on 2 CPUs), so the runs are few and shared:
 one weighted full-participation run, one unweighted run with half the devices
 sampled per round, one matrix-factorisation run (private user embeddings) with
-half the devices sampled, and one traced subprocess run.
+half the devices sampled, one run of every other strategy in turn (Ray started
+once) and one traced subprocess run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -30,12 +33,15 @@ from clients.classification.fleet import pack_fleet
 from clients.classification.models import build_model
 from clients.params import ParamStack, init_params
 from clients.train_config import TrainConfig
+from etree.backends.flower_strategies import STRATEGY_OPTIONS, FlowerStrategy, build_strategy
 from etree.backends.ray_guest import GUEST_ENVIRONMENT
-from etree.core.errors import ProtocolError
+from etree.core.errors import EtreeError, ProtocolError
 from etree.engine import Record, Workload, run_protocol
 from etree.engine.sampling import participants
+from etree.network.model import NetworkModel
 from etree.protocols import make_protocol
-from etree.protocols.flower import FlowerFedAvg
+from etree.protocols.flower import FlowerProtocol, run_flower_strategies
+from etree.trees.servers import choose_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = ROOT / "benchmarks" / "check_no_outbound.py"
@@ -94,14 +100,14 @@ def test_flower_matches_in_engine_fedavg(weighted, participation):
     workload, (protocol, flower_records, flower_models), (_, engine_records, engine_models), _ = _pair(
         weighted, participation
     )
-    assert isinstance(protocol, FlowerFedAvg)
+    assert isinstance(protocol, FlowerProtocol)
     assert sorted(flower_models) == sorted(engine_models) == list(range(ROUNDS + 1))
     worst = 0.0
     for round_index in range(ROUNDS + 1):
         a, b = flower_models[round_index], engine_models[round_index]
         assert a.keys() == b.keys()
         diff = max((a[k] - b[k]).abs().max().item() for k in a)
-        assert diff < 1e-4, f"round {round_index}: Flower and in-engine global models differ by {diff}"
+        assert diff <= 1e-5, f"round {round_index}: Flower and in-engine global models differ by {diff}"
         worst = max(worst, diff)
     moved = max((flower_models[ROUNDS][k][0] - workload.initial[k]).abs().max().item() for k in workload.initial)
     assert moved > 1e-2  # training really moved the model, so agreement is not trivial
@@ -147,8 +153,10 @@ def test_flower_trains_a_recommender_as_in_engine_fedavg_without_sending_user_ro
     workload = recommender_workload("mf", devices=DEVICES, users_per_device=2, rounds=ROUNDS)
     options: dict[str, Any] = {"weighted": True, "participation": 0.5}
     protocol, flower_records, flower_shared, flower_private = _drive_recommender("flower", options, workload)
-    _, engine_records, engine_shared, engine_private = _drive_recommender("fedavg", options, workload)
-    assert isinstance(protocol, FlowerFedAvg)
+    # Flower's FedAvg averages whole models: in-engine FedAvg's dense item merge is its counterpart
+    engine_options = options | {"item_merge": "dense"}
+    _, engine_records, engine_shared, engine_private = _drive_recommender("fedavg", engine_options, workload)
+    assert isinstance(protocol, FlowerProtocol)
     shared_names = set(workload.shared(workload.initial))
     assert protocol.run.sent == shared_names and not shared_names & workload.private  # no user row ever sent
     worst = 0.0
@@ -157,7 +165,7 @@ def test_flower_trains_a_recommender_as_in_engine_fedavg_without_sending_user_ro
             a, b = flower[round_index], engine[round_index]
             assert a.keys() == b.keys()
             diff = max((a[k] - b[k]).abs().max().item() for k in a)
-            assert diff < 1e-4, f"round {round_index}: Flower and in-engine models differ by {diff}"
+            assert diff <= 1e-5, f"round {round_index}: Flower and in-engine models differ by {diff}"
             worst = max(worst, diff)
     moved = (flower_private[ROUNDS]["user"] - flower_private[0]["user"]).abs().max().item()
     assert moved > 1e-3  # the nodes really trained their rows, so agreement is not trivial
@@ -186,7 +194,7 @@ def test_flower_run_leaves_no_ray_process_and_restores_environment():
     assert not left, "Ray processes left behind:\n" + "\n".join(left)
     print(
         f"\nflower setup (Ray start + {ROUNDS} rounds + shutdown): {flower_s:.1f} s; "
-        f"run_simulation alone {protocol.run.wall_s:.1f} s"
+        f"the rounds alone {protocol.run.wall_s:.1f} s"
     )
 
 
@@ -256,3 +264,116 @@ def test_ray_start_failure_is_one_protocol_error_line(monkeypatch):
 def test_bad_participation_is_refused_before_anything_starts():
     with pytest.raises(ProtocolError, match=r"protocols.fl.participation: got 0"):
         make_protocol("flower", "fl", {"participation": 0})
+
+
+# Flower strategy -> (its options, the in-engine fedavg options meant to give the same models every round).
+# FedYogi and FedAdagrad are left at their defaults on both sides: Flower's defaults are the reference.
+COUNTERPARTS: dict[str, tuple[dict[str, float], dict[str, Any]]] = {
+    "FedProx": ({"proximal_mu": 0.5}, {"local": "fedprox", "mu": 0.5}),
+    "FedAvgM": (
+        {"server_learning_rate": 0.8, "server_momentum": 0.9},
+        {"server_opt": "avgm", "server_lr": 0.8, "server_momentum": 0.9},
+    ),
+    "FedAdam": (
+        {"eta": 0.05, "beta_1": 0.8, "beta_2": 0.95, "tau": 1e-3},
+        {"server_opt": "adam", "server_lr": 0.05, "beta1": 0.8, "beta2": 0.95, "tau": 1e-3},
+    ),
+    "FedYogi": ({}, {"server_opt": "yogi"}),
+    "FedAdagrad": ({}, {"server_opt": "adagrad"}),
+}
+SAMPLED = {"weighted": True, "participation": 0.5}  # half the devices a round: the seeded sampling path
+
+
+@cache
+def _strategy_runs():
+    """Every strategy of ``COUNTERPARTS`` in turn, in one Flower simulation (Ray starts once), with half the
+    devices sampled per round, on the same server the in-engine protocols choose; and in-engine FedAvg."""
+    workload = _workload()
+    idle = np.array([choose_server(workload, NetworkModel(workload.graph), "auto", "flower")])
+    strategies = [FlowerStrategy(name, flower) for name, (flower, _) in COUNTERPARTS.items()]
+    started = time.perf_counter()
+    runs = run_flower_strategies(workload, strategies, participation=SAMPLED["participation"], idle=idle)
+    took = time.perf_counter() - started
+    print(f"\n{len(strategies)} Flower strategies x {ROUNDS} rounds, one simulation (Ray start included): {took:.1f} s")
+    return workload, idle, dict(zip(COUNTERPARTS, runs, strict=True)), _drive("fedavg", SAMPLED, workload)[2]
+
+
+def _max_diff(a: ParamStack, b: ParamStack) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("name", sorted(COUNTERPARTS))
+def test_flower_strategy_matches_its_in_engine_counterpart_every_round(name):
+    """Flower's own strategy class and the in-engine fedavg with the counterpart options give the same
+    global model after every round (max |param diff| <= 1e-5), and not FedAvg's."""
+    workload, idle, runs, fedavg_models = _strategy_runs()
+    _, engine_options = COUNTERPARTS[name]
+    _, _, engine_models = _drive("fedavg", {**SAMPLED, **engine_options}, workload)
+    run = runs[name]
+    assert len(run.global_models) == len(engine_models) == ROUNDS + 1
+    diffs = [_max_diff(run.global_models[r], engine_models[r]) for r in range(ROUNDS + 1)]
+    print(f"\n{name}: max |param diff| per round = {', '.join(f'{d:.1e}' for d in diffs)}")
+    assert max(diffs) <= 1e-5, f"{name}: Flower and in-engine differ by {diffs} (rounds 0..{ROUNDS})"
+    away = _max_diff(run.global_models[ROUNDS], fedavg_models[ROUNDS])
+    assert away > 1e-3, f"{name} ended {away} from FedAvg: the agreement would not test {name}"
+    for round_index, trained in enumerate(run.trained, start=1):
+        assert trained == participants(workload.seed, round_index, DEVICES, 0.5, idle).tolist()
+
+
+def test_strategy_table_is_flowers_and_sampling_keeps_each_strategys_configure_train(monkeypatch):
+    """Each name is Flower's class taking the options listed; with seeded sampling, the strategy's own
+    ``configure_train`` still runs (FedProx sends ``proximal-mu``, FedAvgM and FedOpt keep the model)."""
+    import inspect
+
+    with warnings.catch_warnings():  # flwr's CLI dependency (typer) warns about click on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from flwr.app import ArrayRecord, ConfigRecord
+        from flwr.serverapp import strategy as flower_strategies
+        from flwr.supercore.task_identity import TaskIdentity
+
+    for slot in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp's process has set when it builds messages
+        monkeypatch.setattr(TaskIdentity, slot, 1)
+
+    arrays = ArrayRecord({"w": torch.ones(2, 3)})
+    for name, options in STRATEGY_OPTIONS.items():
+        cls = getattr(flower_strategies, name)
+        assert set(options) <= set(inspect.signature(cls.__init__).parameters), name
+        plain = build_strategy(FlowerStrategy(name, dict.fromkeys(options, 0.5)), {})
+        assert type(plain) is cls and all(getattr(plain, option) == 0.5 for option in options)
+        sampled = build_strategy(FlowerStrategy(name), {}, lambda server_round: [11, 13 + server_round])
+        assert isinstance(sampled, cls)
+        messages = list(sampled.configure_train(2, arrays, ConfigRecord(), grid=None))
+        assert [m.metadata.dst_node_id for m in messages] == [11, 15]
+        config = messages[0].content.config_records["config"]
+        assert config["server-round"] == 2
+        assert ("proximal-mu" in config) == (name == "FedProx")
+        if hasattr(sampled, "current_arrays"):  # FedAvgM and FedOpt: the model the pseudo-gradient starts from
+            assert sampled.current_arrays is not None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"strategy": "FedNope"}, r"protocols.fl.strategy: 'FedNope' is not allowed; must be 'FedAvg' \| 'FedProx'"),
+        ({"strategy": "FedAvgM", "eta": 0.1}, r"protocols.fl.eta: got 0.1; Flower's FedAvgM does not take it "),
+        ({"proximal_mu": 0.1}, r"protocols.fl.proximal_mu: got 0.1; Flower's FedAvg does not take it"),
+        ({"strategy": "FedAdam", "beta_1": 1.0}, r"protocols.fl.beta_1: got 1.0; must be in \[0, 1\)"),
+        ({"strategy": "FedProx", "proximal_mu": -1.0}, r"protocols.fl.proximal_mu: got -1.0; must be >= 0"),
+    ],
+)
+def test_bad_strategy_options_are_refused_before_anything_starts(options, message):
+    with pytest.raises(EtreeError, match=message):
+        make_protocol("flower", "fl", options)
+
+
+def test_eta_l_other_than_the_clients_learning_rate_is_refused_before_ray_starts(monkeypatch):
+    import ray
+
+    def unexpected(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(ray, "init", unexpected)
+    protocol = make_protocol("flower", "fl", {"strategy": "FedYogi", "eta_l": 0.5})
+    with pytest.raises(ProtocolError, match=r"protocols.fl.eta_l: got 0.5, but the clients train with train.lr = 0.1"):
+        protocol.setup(_workload())

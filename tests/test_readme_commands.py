@@ -28,11 +28,17 @@ SHRINK = {
     "plot": [],
     "list": [],
     "tune": ["--set", "rounds=1", "--quiet"],
+    "design": ["--budget", "2", "--set", "rounds=3", "--quiet"],
 }
 # the topology study's grid is 24 settings: one topology keeps all of its K and ratios axes
 SPEC_SHRINK = {
     "experiments/topology_study.toml": ["--grid", "topology.kind=grid_2d", "--set", "topology.devices=40"],
     "experiments/drift.toml": ["--set", "topology.devices=20", "--set", "topology.links=40"],
+    # 14 protocols, each tuned first: one dataset, one learning rate, one tuning round
+    "experiments/niid_bench.toml": [
+        *("--set", "topology.devices=20", "--set", "topology.links=40", "--grid", "data.dataset=digits"),
+        *("--tune", "train.lr=0.1", "--tune-set", "rounds=1"),
+    ],
 }
 # commands that need what a test machine does not have, each with the reason
 NOT_RUN = {

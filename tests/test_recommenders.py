@@ -35,7 +35,7 @@ from clients.recommendation.training import sample_negatives, train_recommender
 from etree.engine.loop import run_protocol
 from etree.protocols import gossip as gossip_module
 from etree.protocols import make_protocol
-from etree.trees import hierarchical
+from etree.trees import hierarchical, sparse_rows
 
 needs_ml100k = pytest.mark.skipif(
     recbole_ml100k_path() is None, reason="ml-100k comes from recbole: pip install --no-deps recbole==1.2.1"
@@ -125,11 +125,15 @@ def test_full_ranking_is_a_checked_data_option(tmp_path) -> None:
 
 # -- data ------------------------------------------------------------------------
 def tiny_table() -> Interactions:
+    return interactions_from_table("tiny", *tiny_table_rows(), seed=0, test_negatives=1)
+
+
+def tiny_table_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # raw ids; user 30 has one interaction only (dropped); user 10 repeats item 7
     users = np.array([10, 10, 10, 10, 20, 20, 20, 30])
     items = np.array([7, 8, 9, 7, 8, 9, 11, 7])
     stamps = np.array([5.0, 1.0, 3.0, 9.0, 2.0, 8.0, 4.0, 1.0])
-    return interactions_from_table("tiny", users, items, stamps, seed=0, test_negatives=1)
+    return users, items, stamps
 
 
 def test_leave_last_out_split_by_timestamp() -> None:
@@ -143,6 +147,19 @@ def test_leave_last_out_split_by_timestamp() -> None:
     for user in range(2):  # negatives were never interacted with
         mine = set(data.train_item[data.train_user == user]) | {data.test_item[user]}
         assert not set(data.test_negatives[user]) & mine
+
+
+def test_validation_holdout_never_shows_the_test_item() -> None:
+    """``holdout = "validation"``: the latest interaction (the test item) is gone, the one before it is
+    held out instead, and no negative is an item the user ever had."""
+    data = interactions_from_table("tiny", *tiny_table_rows(), seed=0, test_negatives=1, holdout="validation")
+    test = tiny_table()
+    assert data.test_item.tolist() == [2, 3]  # user 10: 9@3 (7@5 removed); user 20: 11@4 (9@8 removed)
+    assert data.train_item.tolist() == [1, 1]
+    assert data.test_negatives.tolist() == [[3], [0]]  # the one item each user never had (removed ones count)
+    assert all(test.test_item[u] not in data.train_item[data.train_user == u] for u in range(2))
+    with pytest.raises(ClientsError, match="data.holdout"):
+        interactions_from_table("tiny", *tiny_table_rows(), seed=0, test_negatives=1, holdout="train")
 
 
 def test_csv_source_reads_named_columns(tmp_path) -> None:
@@ -189,16 +206,24 @@ def test_negatives_avoid_training_items_and_follow_their_stream() -> None:
 # -- privacy -----------------------------------------------------------------------
 PROTOCOLS = [
     ("fedavg", {}),
+    ("fedavg", {"item_merge": "dense"}),
     ("etree", {"groups": [3, 1], "ratios": [1, 2], "pretrain_epochs": 1}),
     ("grouped", {"groups": [3, 1], "pretrain_epochs": 1}),
     ("hierfavg", {}),
+    ("hierfavg", {"item_merge": "dense"}),
     ("gossip", {"overlay": "random"}),
     ("individual", {}),
 ]
 
 
+def private_rows(protocol) -> dict[str, torch.Tensor]:
+    """Every device's private rows, wherever the protocol keeps them."""
+    sparse = getattr(protocol, "sparse", None)
+    return sparse.private if sparse is not None else protocol.params
+
+
 @pytest.mark.parametrize("kind", ["mf", "ncf"])
-@pytest.mark.parametrize(("name", "options"), PROTOCOLS)
+@pytest.mark.parametrize(("name", "options"), PROTOCOLS, ids=[f"{n}-{o.get('item_merge', '')}" for n, o in PROTOCOLS])
 def test_user_embeddings_are_never_sent_nor_averaged(monkeypatch, kind, name, options) -> None:
     workload = recommender_workload(kind)
     assert workload.private == build_recommender(kind, 2, 4).private and workload.private
@@ -207,15 +232,17 @@ def test_user_embeddings_are_never_sent_nor_averaged(monkeypatch, kind, name, op
 
     aggregated: list[set[str]] = []  # the names of every stack a head or a peer receives
 
-    def spy(function):
+    def spy(function, names=set):
         def wrapped(stack, *args, **kwargs):
-            aggregated.append(set(stack))
+            aggregated.append(names(stack))
             return function(stack, *args, **kwargs)
 
         return wrapped
 
     monkeypatch.setattr(hierarchical, "segment_mean", spy(hierarchical.segment_mean))
     monkeypatch.setattr(gossip_module, "merge_models", spy(gossip_module.merge_models))
+    sent = lambda messages: set(messages.rows) | set(messages.dense)  # noqa: E731 - what uploads carry
+    monkeypatch.setattr(sparse_rows, "merge_messages", spy(sparse_rows.merge_messages, sent))
     protocol = make_protocol(name, name, dict(options))
     records = list(run_protocol(protocol, workload, rounds=3, eval_every=1))
     assert {r.metric for r in records} >= {"hr@10", "ndcg@10"}
@@ -223,22 +250,27 @@ def test_user_embeddings_are_never_sent_nor_averaged(monkeypatch, kind, name, op
     if name != "individual":
         assert aggregated  # something was aggregated, without the private names
     # each device's private rows are its own: one more round changes them exactly as local training does
-    params = protocol.params  # type: ignore[attr-defined]
-    before = {k: v.clone() for k, v in params.items()}
+    before = {k: v.clone() for k, v in private_rows(protocol).items()}
+    held = protocol.device_models()
     protocol.run_round(4)
+    after = private_rows(protocol)
     for private in workload.private:
-        assert not torch.equal(params[private][0], params[private][1])  # never averaged into one
+        assert not torch.equal(after[private][0], after[private][1])  # never averaged into one
     if name in ("fedavg", "hierfavg", "individual"):
         everyone = torch.arange(workload.devices)
+        start = {k: v[held.row] for k, v in held.shared.items()} | before  # every device holds its model
         alone = train_recommender(
-            workload.model, before, workload.data, everyone, 0.05, 1, 4, seed=workload.seed, round_index=4
+            workload.model, start, workload.data, everyone, 0.05, 1, 4, seed=workload.seed, round_index=4
         )
         idle = [protocol.tree.root] if name == "fedavg" else []  # type: ignore[attr-defined]
         assert all(device < workload.devices for device in idle)  # FedAvg's server is a device: it does not train
         for private in workload.private:
             expected = alone[private].clone()
             expected[idle] = before[private][idle]
-            assert torch.equal(protocol.params[private], expected)  # type: ignore[attr-defined]
+            if kind == "mf":
+                assert torch.equal(after[private], expected)
+            else:  # NeuMF's MLP runs as batched matmuls, which round differently over other device groups
+                torch.testing.assert_close(after[private], expected, rtol=0, atol=1e-6)
 
 
 # -- baselines on ml-100k ---------------------------------------------------------------------

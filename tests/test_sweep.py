@@ -115,6 +115,10 @@ def test_sweep_table_gives_axes_in_file_order_as_set_texts():
         ({"grid": {"data.alpha": 0.5}}, "sweep.grid.data.alpha"),
         ({"grid": {"data": {"alpha": []}}}, "sweep.grid.data.alpha"),
         ({"grid": [1, 2]}, "sweep.grid"),
+        ({"tune": {"grid": {"train.lr": []}}}, "sweep.tune.grid.train.lr"),
+        ({"tune": {"seeds": 0}}, "sweep.tune.seeds"),
+        ({"tune": {"set": "rounds=2"}}, "sweep.tune.set"),
+        ({"tune": {"rounds": 2}}, "sweep.tune.rounds"),
     ],
 )
 def test_bad_sweep_table_names_the_field_even_for_a_single_run(tiny_spec, table, field):
@@ -214,8 +218,50 @@ def test_sweep_reference_gives_paired_differences(tmp_path):
     args = ["sweep", str(spec), "--seeds", "3", "--jobs", "1", "--set", "rounds=2", "--out", str(out)]
     assert main([*args, "--reference", "fedavg"]) == 0
     summary = (out / "summary.md").read_text()
-    assert "## Paired over seeds: final accuracy minus fedavg's" in summary
-    paired = summary.split("minus fedavg's")[1]
-    rows = [line for line in paired.splitlines() if line.startswith("| base |")]
-    assert [row.split(" | ")[1:3] for row in rows] == [["individual", "3"]]
+    tables = summary.split("## Paired over seeds: ")[1:]
+    assert [t.splitlines()[0] for t in tables] == [
+        f"accuracy ({measure}) minus fedavg's" for measure in ("final", "at equal simulated time", "at equal bytes")
+    ]
+    for table in tables:
+        rows = [line for line in table.splitlines() if line.startswith("| base |")]
+        assert [row.split(" | ")[1:3] for row in rows] == [["individual", "3"]]
+    # the equal-time difference is the per-run values_at_equal_cost difference, averaged over seeds
+    from experiments.metrics_file import read_metrics
+    from experiments.summary import values_at_equal_cost
+
+    diffs = []
+    for run in sorted(out.glob("*/seed*")):
+        at_cost = values_at_equal_cost({p: m["accuracy"] for p, m in read_metrics(run).items()})
+        diffs.append(at_cost["individual"][1] - at_cost["fedavg"][1])
+    row = next(line for line in tables[1].splitlines() if line.startswith("| base |"))
+    assert row.split(" | ")[4].split(" ± ")[0] == f"{np.mean(diffs):+.4f}"
     assert main([*args, "--reference", "nobody"]) == 2
+
+
+def test_sweep_tunes_each_setting_on_validation_and_runs_what_it_chose(tiny_spec, tmp_path):
+    """[sweep.tune]: every setting is tuned (etree tune, its own tune/ folder), and that setting's runs
+    use each protocol's chosen value, which the run's own spec.toml records."""
+    spec = tmp_path / "tuned_sweep.toml"
+    spec.write_text(
+        TINY_SPEC
+        + '\n[[protocols]]\nname = "individual"\n'
+        + '\n[sweep]\ngrid = {"data.classes_per_device" = [2, 3]}\n'
+        + '[sweep.tune]\ngrid = {"train.lr" = [0.005, 0.2]}\nset = ["rounds=1"]\n'
+    )
+    assert sweep_plan(tomllib.loads(spec.read_text())["sweep"]).tune == ("train.lr=0.005,0.2",)
+    out = tmp_path / "sweep"
+    assert (
+        main(["sweep", str(spec), "--seeds", "1", "--jobs", "1", "--set", "rounds=2", "--out", str(out), "--quiet"])
+        == 0
+    )
+    record = json.loads((out / "sweep.json").read_text())
+    assert sorted(record["tuned"]) == sorted(record["settings"])
+    for name, tuned in record["tuned"].items():
+        chosen = {
+            p.get("label", p["name"]): p["train"]["lr"] for p in tomllib.loads((out / tuned).read_text())["protocols"]
+        }
+        assert set(chosen.values()) <= {0.005, 0.2}
+        assert "validation accuracy" in (out / name / "tune" / "tune.md").read_text()
+        ran = tomllib.loads((out / name / f"seed{record['seeds'][0]}" / "spec.toml").read_text())
+        assert {p.get("label", p["name"]): p.get("train", {}).get("lr") for p in ran["protocols"]} == chosen
+        assert ran["rounds"] == 2  # the tuning overrides shaped the tuning runs only

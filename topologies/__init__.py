@@ -19,8 +19,10 @@ from topologies.delays import (
     delay_matrix,
     delays_from,
     latency_csgraph,
+    link_csgraphs,
     pair_path_costs,
     path_bottleneck_bandwidth,
+    shortest_path_costs,
 )
 from topologies.errors import TopologyError
 from topologies.geometric import connectivity_radius
@@ -35,9 +37,11 @@ __all__ = [
     "delay_matrix",
     "delays_from",
     "latency_csgraph",
+    "link_csgraphs",
     "pair_path_costs",
     "path_bottleneck_bandwidth",
     "register_topology",
+    "shortest_path_costs",
     "topology_options",
     "write_graphml",
 ]

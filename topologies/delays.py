@@ -68,6 +68,13 @@ def latency_csgraph(graph: nx.Graph) -> sparse.csr_array:
     return _link_matrices(graph, "latency_s")[0]
 
 
+def link_csgraphs(graph: nx.Graph) -> tuple[sparse.csr_array, sparse.csr_array]:
+    """The latency and bandwidth csgraphs of a topology, read in one pass (same sparsity pattern),
+    for callers that compute many rows (:func:`shortest_path_costs`) and should build them once."""
+    latency, bandwidth = _link_matrices(graph, "latency_s", "bandwidth_bps")
+    return latency, bandwidth
+
+
 def _indices(graph: nx.Graph, nodes: Sequence[int], field: str) -> NDArray[np.int64]:
     n = graph.number_of_nodes()
     try:
@@ -118,6 +125,17 @@ def path_bottleneck_bandwidth(graph: nx.Graph, sources: Sequence[int]) -> NDArra
     if len(index) == 0:
         return np.empty((0, n), dtype=np.float64)
     latency, bandwidth = _link_matrices(graph, "latency_s", "bandwidth_bps")
+    return shortest_path_costs(latency, bandwidth, index)[1]
+
+
+def shortest_path_costs(
+    latency: sparse.csr_array, bandwidth: sparse.csr_array, sources: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    """From one Dijkstra per source on :func:`link_csgraphs`' matrices: the path latency, the
+    bottleneck bandwidth (as :func:`path_bottleneck_bandwidth`) and the shortest-path tree
+    (predecessors, -9999 at the source and where unreachable) from each source to every node."""
+    index = np.asarray(sources, dtype=np.int64).reshape(-1)
+    n = latency.shape[0]
     dist, pred = csgraph.dijkstra(latency, directed=True, indices=index, return_predecessors=True)
     pred = np.asarray(pred, dtype=np.int64).reshape(len(index), n)
     dist = np.asarray(dist).reshape(len(index), n)
@@ -141,7 +159,7 @@ def path_bottleneck_bandwidth(graph: nx.Graph, sources: Sequence[int]) -> NDArra
         up = np.take_along_axis(up, up, axis=1)
     result = best[:, :n]
     result[~np.isfinite(dist)] = 0.0
-    return result
+    return dist, result, pred
 
 
 PAIR_BATCH = 256  # Dijkstra sources per batch in :func:`pair_path_costs`

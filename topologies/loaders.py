@@ -11,12 +11,14 @@ choice: a file without either carries no notion of distance). Attributes
 outside the contract are dropped.
 """
 
+import gzip
 import math
 import os
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import ParseError
+from xml.sax.saxutils import escape, quoteattr
 
 import networkx as nx
 import numpy as np
@@ -228,13 +230,93 @@ def write_graphml(graph: nx.Graph, path: PathLike) -> None:
 
     graphml has no tuple type, so ``pos`` becomes two float attributes
     ``pos_x`` and ``pos_y``; graph attributes that are not scalars are dropped.
+    A path ending in ``.gz`` is gzipped at level 1 (a 100,000-node network: 5x
+    faster than the default level 9, about 20% larger).
+
+    The XML is the one ``networkx.write_graphml`` writes (same keys, types and
+    ``repr`` numbers, so floats read back bit for bit), streamed as text: at
+    1.1 million links networkx's element tree took most of a run folder's write time.
     """
-    out = nx.Graph()
-    out.graph.update({k: v for k, v in graph.graph.items() if isinstance(v, str | int | float | bool)})
-    for node, data in graph.nodes(data=True):
-        attrs = {k: v for k, v in data.items() if k != "pos"}
-        if "pos" in data:
-            attrs["pos_x"], attrs["pos_y"] = (float(c) for c in data["pos"])
-        out.add_node(node, **attrs)
-    out.add_edges_from(graph.edges(data=True))
-    nx.write_graphml(out, os.fspath(path))
+    nodes = [(node, _graphml_node_attributes(data)) for node, data in graph.nodes(data=True)]
+    scalars = {k: v for k, v in graph.graph.items() if isinstance(v, str | int | float | bool)}
+    keys: dict[tuple[str, str], tuple[str, str]] = {}  # (for, name) -> (id, type)
+
+    def key(scope: str, name: str, value: Any) -> str:
+        found = keys.get((scope, name))
+        if found is None:
+            found = keys[(scope, name)] = (f"d{len(keys)}", _graphml_type(value))
+        return found[0]
+
+    for name, value in scalars.items():
+        key("graph", name, value)
+    for _, attrs in nodes:
+        for name, value in attrs.items():
+            key("node", name, value)
+    edges = list(graph.edges(data=True))
+    for _, _, attrs in edges:
+        for name, value in attrs.items():
+            key("edge", name, value)
+    opener = gzip.open if os.fspath(path).endswith(".gz") else open
+    kwargs: dict[str, Any] = {"compresslevel": 1} if opener is gzip.open else {}
+    with opener(os.fspath(path), "wt", encoding="utf-8", newline="\n", **kwargs) as out:
+        out.write(_GRAPHML_HEAD)
+        for (scope, name), (ident, kind) in reversed(keys.items()):  # networkx lists keys newest first
+            out.write(f'  <key id="{ident}" for="{scope}" attr.name={quoteattr(name)} attr.type="{kind}" />\n')
+        out.write('  <graph edgedefault="undirected">\n')
+        chunk: list[str] = []
+        for node, attrs in nodes:
+            chunk.append(f"    <node id={quoteattr(str(node))}>\n{_graphml_data(keys, 'node', attrs, 6)}    </node>\n")
+        for u, v, attrs in edges:
+            chunk.append(
+                f"    <edge source={quoteattr(str(u))} target={quoteattr(str(v))}>\n"
+                f"{_graphml_data(keys, 'edge', attrs, 6)}    </edge>\n"
+            )
+            if len(chunk) >= 65536:
+                out.write("".join(chunk))
+                chunk.clear()
+        out.write("".join(chunk))
+        out.write(_graphml_data(keys, "graph", scalars, 4))
+        out.write("  </graph>\n</graphml>\n")
+
+
+_GRAPHML_HEAD = (
+    "<?xml version='1.0' encoding='utf-8'?>\n"
+    '<graphml xmlns="http://graphml.graphdrawing.org/xmlns" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+    'xsi:schemaLocation="http://graphml.graphdrawing.org/xmlns '
+    'http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd">\n'
+)
+
+
+def _graphml_node_attributes(data: dict[str, Any]) -> dict[str, Any]:
+    attrs = {k: v for k, v in data.items() if k != "pos"}
+    if "pos" in data:
+        attrs["pos_x"], attrs["pos_y"] = (float(c) for c in data["pos"])
+    return attrs
+
+
+def _graphml_type(value: Any) -> str:
+    """The graphml type networkx gives a Python or numpy scalar."""
+    if isinstance(value, bool | np.bool_):
+        return "boolean"
+    if isinstance(value, int | np.integer):
+        return "long"
+    if isinstance(value, float | np.floating):
+        return "double"
+    return "string"
+
+
+def _graphml_text(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating):
+        return repr(float(value))
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return escape(str(value))
+
+
+def _graphml_data(keys: dict[tuple[str, str], tuple[str, str]], scope: str, attrs: dict[str, Any], indent: int) -> str:
+    pad = " " * indent
+    return "".join(
+        f'{pad}<data key="{keys[(scope, name)][0]}">{_graphml_text(value)}</data>\n' for name, value in attrs.items()
+    )

@@ -1,4 +1,5 @@
-"""Accuracy and loss of many models on one test set, batched across models."""
+"""Accuracy and loss of many models on one test set, and of many models on every device's own data,
+batched across models (and devices)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from clients.classification.fleet import FleetData
 from clients.params import ParamStack
 
 
@@ -32,6 +34,35 @@ def evaluate_models(
         ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
         loss[start : start + k] = ce.view(k, -1).mean(1).numpy()
     return accuracy, loss
+
+
+@torch.no_grad()
+def device_losses(
+    model: nn.Module,
+    params: ParamStack,
+    data: FleetData,
+    device_ids: torch.Tensor,
+    *,
+    chunk_samples: int = 16384,
+) -> torch.Tensor:
+    """Mean cross-entropy of each of the K models of a stack on each device's own training data,
+    ``[len(device_ids), K]`` (a device without data scores 0 on every model). What IFCA's devices
+    compare to pick their cluster (Ghosh et al., NeurIPS 2020, Algorithm 2). Devices go in chunks of
+    about ``chunk_samples`` padded samples, all K models at once."""
+    count = next(iter(params.values())).shape[0]
+    per_chunk = max(1, chunk_samples // max(1, data.capacity))
+    out = torch.empty(len(device_ids), count)
+    run = vmap(lambda p, x: functional_call(model, p, (x,)), in_dims=(0, None))
+    for start in range(0, len(device_ids), per_chunk):
+        ids = device_ids[start : start + per_chunk]
+        x, y = data.x[ids], data.y[ids]  # [c, M, ...], [c, M]
+        c, m = y.shape
+        logits = run(params, x.flatten(0, 1))  # [K, c*M, C]
+        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten().repeat(count), reduction="none").view(count, c, m)
+        valid = (torch.arange(m) < data.counts[ids].unsqueeze(1)).to(ce.dtype)  # [c, M]
+        total = (ce * valid).sum(-1)  # [K, c]
+        out[start : start + c] = (total / valid.sum(-1).clamp(min=1)).T
+    return out
 
 
 @torch.no_grad()

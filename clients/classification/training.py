@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from clients.classification.conv_step import conv_plan, conv_step
 from clients.classification.fleet import FleetData
+from clients.errors import ClientsError
 from clients.params import ParamStack
 from clients.train_config import TrainConfig, epoch_order
 
@@ -35,17 +37,26 @@ def train_classifier(
     seed: int,
     round_index: int,
     chunk_size: int = DEFAULT_CHUNK,
+    correction: ParamStack | None = None,
 ) -> ParamStack:
     """Run ``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``).
 
     Returns new tensors; ``params`` is not modified. Devices are processed in
-    chunks of ``chunk_size`` to bound memory on large fleets.
+    chunks of ``chunk_size`` to bound memory on large fleets. ``correction`` (row i
+    for device i, every parameter) is a constant added to each step's gradient:
+    SCAFFOLD's ``c - c_i`` (Karimireddy et al., ICML 2020, Algorithm 1, line 10);
+    ``config.prox_mu`` adds FedProx's ``mu (w - w_0)`` (see ``_train_chunk``).
     """
+    if correction is not None and any(
+        name not in correction or correction[name].shape != t.shape for name, t in params.items()
+    ):
+        raise ClientsError("correction: needs one row per device, shaped like params, for every parameter")
     out: dict[str, list[torch.Tensor]] = {name: [] for name in params}
     for start in range(0, len(device_ids), chunk_size):
         ids = device_ids[start : start + chunk_size]
         chunk = {name: t[start : start + chunk_size] for name, t in params.items()}
-        trained = _train_chunk(model, chunk, data, ids, config, seed=seed, round_index=round_index)
+        fixed = None if correction is None else {name: correction[name][start : start + chunk_size] for name in params}
+        trained = _train_chunk(model, chunk, data, ids, config, seed=seed, round_index=round_index, correction=fixed)
         for name, tensor in trained.items():
             out[name].append(tensor)
     return {name: torch.cat(parts) if len(parts) > 1 else parts[0] for name, parts in out.items()}
@@ -60,7 +71,11 @@ def _train_chunk(
     *,
     seed: int,
     round_index: int,
+    correction: ParamStack | None = None,
 ) -> ParamStack:
+    """Local SGD of one chunk of devices. Any step path (``step_fn``) gets the proximal term and the
+    correction for free (``_LocalTerms``, around each step): each step follows the gradient of
+    loss + mu/2 ||w - w_0||^2 (FedProx, Li et al. 2020, Eq. 2), plus the correction (SCAFFOLD)."""
     x, y, counts = data.x[ids], data.y[ids], data.counts[ids]
     counts_np = counts.numpy()
     capacity = max(1, int(counts_np.max(initial=0)))
@@ -73,6 +88,9 @@ def _train_chunk(
     if dense is not None:
         current = {name: t.detach().clone() for name, t in params.items()}
         step_fn = partial(_dense_step, dense, current, lr=config.lr)
+    elif (plan := conv_plan(model)) is not None:
+        current = {name: t.detach().clone(memory_format=torch.contiguous_format) for name, t in params.items()}
+        step_fn = partial(conv_step, plan, current, lr=config.lr)
     else:
 
         def run_model(p: ParamStack, xb: torch.Tensor) -> torch.Tensor:
@@ -80,6 +98,8 @@ def _train_chunk(
 
         current = {name: t.detach().clone().requires_grad_(True) for name, t in params.items()}
         step_fn = partial(_autograd_step, vmap(run_model), current, lr=config.lr)
+    terms = _LocalTerms(current, params, config, correction)
+    full_steps = -(-int(counts_np.min(initial=0)) // batch)  # steps in which every device has a sample
     for epoch in range(config.local_epochs):
         order = torch.from_numpy(epoch_order(seed, round_index, epoch, ids.numpy(), counts_np, capacity))
         for step in range(steps):
@@ -90,8 +110,57 @@ def _train_chunk(
             index = order[:, positions]
             # each device's loss is the mean over its valid samples in the batch
             weight = valid / valid.sum(1, keepdim=True).clamp(min=1.0)
+            terms.before()
             step_fn(x[rows, index], y[rows, index], weight)
+            terms.after(None if step < full_steps else valid[:, 0])
     return {name: t.detach() for name, t in current.items()}
+
+
+class _LocalTerms:
+    """FedProx's proximal term and SCAFFOLD's correction around any step path: before a step,
+    ``extra = mu (w - w_0) + correction`` from the pre-step weights w; after it, ``w -= lr * extra``
+    on the devices that stepped. Nothing at all when mu = 0 and there is no correction (plain SGD,
+    bit for bit).
+
+    Computed as ``w += K - lr mu w_pre`` with ``K = lr (mu w_0 - correction)`` fixed for the round,
+    into buffers allocated once: one pass over the weights before the step (mu > 0 only) and one
+    after it (per-sample SGD is memory-bound, and fresh multi-MB tensors per step cost page faults).
+    """
+
+    def __init__(
+        self, current: ParamStack, anchor: ParamStack, config: TrainConfig, correction: ParamStack | None
+    ) -> None:
+        self.active = config.prox_mu > 0 or correction is not None
+        if not self.active:
+            return
+        lr, self.decay = config.lr, config.lr * config.prox_mu
+        self.weights = list(current.values())  # every step path updates these very tensors in place
+        with torch.no_grad():
+            if self.decay == 0:
+                assert correction is not None
+                self.fixed = torch._foreach_mul([correction[name] for name in current], -lr)
+            else:
+                self.fixed = torch._foreach_mul([anchor[name] for name in current], self.decay)
+                if correction is not None:
+                    torch._foreach_add_(self.fixed, [correction[name] for name in current], alpha=-lr)
+        self.extra = [torch.empty_like(t) for t in self.fixed] if self.decay > 0 else self.fixed
+
+    def before(self) -> None:
+        if self.active and self.decay > 0:
+            with torch.no_grad():
+                for out, fixed, weight in zip(self.extra, self.fixed, self.weights, strict=True):
+                    torch.add(fixed, weight, alpha=-self.decay, out=out)
+
+    def after(self, stepped: torch.Tensor | None) -> None:
+        """``stepped``: which devices had a sample in this batch (None: all of them)."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            if stepped is None:
+                torch._foreach_add_(self.weights, self.extra)
+                return
+            for weight, extra in zip(self.weights, self.extra, strict=True):  # a device with no sample
+                weight.addcmul_(extra, stepped.view(-1, *[1] * (extra.dim() - 1)))  # left takes no step
 
 
 def _autograd_step(

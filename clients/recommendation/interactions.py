@@ -45,6 +45,7 @@ from clients.datasets import register_dataset
 from clients.errors import ClientsError
 
 SOURCES = ("ml-100k", "ml-1m", "csv")
+HOLDOUTS = ("test", "validation")
 GROUPLENS_URLS = {
     "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
     "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
@@ -98,14 +99,24 @@ def interactions_from_table(
     *,
     seed: int,
     test_negatives: int = 99,
+    holdout: str = "test",
 ) -> Interactions:
     """Leave-last-out split of raw (user, item, timestamp) rows, ids made dense in sorted raw order.
 
     A user's interactions are ordered by (timestamp, row order); repeated (user,
     item) pairs count once (the first). Users with fewer than two interactions
     cannot give both a training and a test item and are dropped.
+
+    ``holdout = "validation"`` is the split for choosing settings without the
+    test set: each user's latest interaction (the test item) is removed
+    altogether, the one before it is held out instead, and its negatives avoid
+    every item the user interacted with, the removed one included (users need
+    three interactions).
     """
     negatives = check_int("data.test_negatives", test_negatives, 1)
+    if holdout not in HOLDOUTS:
+        raise ClientsError(f"data.holdout: got {holdout!r}; choose one of: {', '.join(HOLDOUTS)}")
+    dropped = int(holdout == "validation")  # latest interactions removed before the split
     _, user = np.unique(users, return_inverse=True)
     _, item = np.unique(items, return_inverse=True)
     user, item = user.reshape(-1).astype(np.int64), item.reshape(-1).astype(np.int64)
@@ -117,16 +128,23 @@ def interactions_from_table(
     keep = np.sort(first)
     user, item = user[keep], item[keep]
     counts = np.bincount(user)
-    kept_users = np.flatnonzero(counts >= 2)
+    kept_users = np.flatnonzero(counts >= 2 + dropped)
     if len(kept_users) == 0:
-        raise ClientsError(f"data.dataset: {name!r} has no user with two or more interactions")
+        raise ClientsError(f"data.dataset: {name!r} has no user with {2 + dropped} or more interactions")
     remap = np.full(len(counts), -1, dtype=np.int64)
     remap[kept_users] = np.arange(len(kept_users))
     mine = remap[user] >= 0
     user, item = remap[user[mine]], item[mine]
     num_users = len(kept_users)
+    seen = np.zeros((num_users, num_items), dtype=bool)
+    seen[user, item] = True  # every interaction, a removed one too: no negative is an item the user had
+    if dropped:
+        latest = np.r_[np.flatnonzero(np.diff(user)), len(user) - 1]
+        rest = np.ones(len(user), dtype=bool)
+        rest[latest] = False
+        user, item = user[rest], item[rest]
     last = np.r_[np.flatnonzero(np.diff(user)), len(user) - 1]  # each user's last row
-    if num_items - np.bincount(user, minlength=num_users).max() < negatives:
+    if num_items - int(seen.sum(axis=1).max()) < negatives:
         raise ClientsError(
             f"data.test_negatives: {negatives} negatives but a user has interacted with nearly all "
             f"{num_items} items; lower it"
@@ -134,8 +152,6 @@ def interactions_from_table(
     test = np.zeros(len(user), dtype=bool)
     test[last] = True
     rng = np.random.default_rng(seed)
-    seen = np.zeros((num_users, num_items), dtype=bool)
-    seen[user, item] = True
     sampled = np.empty((num_users, negatives), dtype=np.int64)
     for u in range(num_users):  # per user: a few thousand users at most, ms in all
         sampled[u] = rng.choice(np.flatnonzero(~seen[u]), size=negatives, replace=False)
@@ -235,6 +251,7 @@ def load_movielens(
     min_rating: float = 0.0,
     test_negatives: int = 99,
     full_ranking: bool = False,
+    holdout: str = "test",
 ) -> Interactions:
     """The ``movielens`` dataset: MovieLens (Harper & Konstan, 2015) or a CSV as implicit feedback, leave-last-out.
 
@@ -245,7 +262,9 @@ def load_movielens(
     at least that high (0: every rating is an interaction, as in the NCF paper).
     ``full_ranking = true`` also logs ``hr@10_full``/``ndcg@10_full``: the held-out
     item ranked against every item the user has not trained on (HR@10 and NDCG@10
-    stay the 99-negative NCF protocol).
+    stay the 99-negative NCF protocol). ``holdout = "validation"`` scores each user's second-latest
+    interaction instead and removes the latest (the test item) from the data: the split to choose
+    settings on (e.g. the learning rate), never looking at the test set.
     """
     threshold = check_float("data.min_rating", min_rating, 0.0, np.inf)
     full_ranking = check_bool("data.full_ranking", full_ranking)
@@ -273,7 +292,7 @@ def load_movielens(
     if not keep.any():
         raise ClientsError(f"data.min_rating: {min_rating!r} keeps no interaction")
     data = interactions_from_table(
-        name, users[keep], items[keep], stamps[keep], seed=seed, test_negatives=test_negatives
+        name, users[keep], items[keep], stamps[keep], seed=seed, test_negatives=test_negatives, holdout=holdout
     )
     return dataclasses.replace(data, full_ranking=full_ranking)
 

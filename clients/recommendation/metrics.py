@@ -48,18 +48,42 @@ def hit_and_ndcg(ranks: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, tor
 
 
 @dataclass(frozen=True)
+class OwnRows:
+    """Where evaluated devices' models differ from the shared model they start from (a sparse
+    recommender's rows trained since the last push): entry j is item ``items[j]`` of evaluated device
+    ``owner[j]`` (its position in ``DeviceModels.devices``), entries sorted by (owner, item), with its
+    rows of every item table in ``rows``; ``dense`` holds every evaluated device's dense parameters."""
+
+    owner: torch.Tensor
+    items: torch.Tensor
+    rows: ParamStack
+    dense: ParamStack
+
+    def lookup(self, owner: torch.Tensor, items: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For (owner, item) pairs of equal shape: whether each is an entry, and its entry index (0 if not)."""
+        keys = self.owner * (num_items + 1) + self.items
+        query = owner * (num_items + 1) + items
+        at = torch.searchsorted(keys, query).clamp(max=max(0, len(keys) - 1))
+        if not len(keys):
+            return torch.zeros_like(query, dtype=torch.bool), at
+        return keys[at] == query, at
+
+
+@dataclass(frozen=True)
 class DeviceModels:
     """The models some devices hold, split into what is shared and what is private.
 
     Device ``devices[e]`` holds shared model ``shared[row[e]]`` (a stack [K, ...])
     and its own private rows ``private[e]``; nothing here pairs one device's
-    private rows with another's.
+    private rows with another's. ``own`` (if given) replaces rows of the shared
+    model by the device's own (``OwnRows``), without a per-device item table.
     """
 
     shared: ParamStack
     row: torch.Tensor
     private: ParamStack
     devices: torch.Tensor
+    own: OwnRows | None = None
 
 
 @torch.no_grad()
@@ -97,6 +121,13 @@ def device_scores(
             else:
                 gathered[name] = models.shared[name][row.unsqueeze(1), flat_items]
         dense = {name: models.shared[name][row] for name in dense_names}
+        if models.own is not None:
+            owner = torch.arange(start, start + len(devices)).unsqueeze(1).expand_as(flat_items)
+            found, entry = models.own.lookup(owner, flat_items, data.num_items)
+            for name, rows in models.own.rows.items():
+                mask = found.view(*found.shape, *[1] * (rows.dim() - 1))
+                gathered[name] = torch.where(mask, rows[entry], gathered[name])
+            dense = {name: models.own.dense[name][start : start + len(devices)] for name in dense_names}
         out.append(score_rows(model, dense, gathered).view_as(candidates))
     return torch.cat(out), data.user_valid[models.devices]
 
@@ -159,7 +190,7 @@ def popularity_metrics(data: InteractionFleet) -> dict[str, float]:
 
 @torch.no_grad()
 def public_hit_rate(
-    model: nn.Module, shared: ParamStack, data: InteractionFleet, public: torch.Tensor, *, chunk_size: int = 64
+    model: nn.Module, shared: ParamStack, data: InteractionFleet, public: torch.Tensor, *, chunk_size: int = 16
 ) -> np.ndarray:
     """HR@10 of each model of a shared stack [K, ...] on the public users (global (device, slot) pairs [P, 2]).
 
@@ -189,16 +220,10 @@ def public_hit_rate(
     out = np.empty(count)
     for start in range(0, count, chunk_size):
         part = {name: t[start : start + chunk_size] for name, t in shared.items()}
-        k = next(iter(part.values())).shape[0]
-        gathered: dict[str, torch.Tensor] = {}
+        rows = {name: part[name] for name, kind in model.tables.items() if kind == "item"}
         for name, source in model.fold_in().items():
-            folded = torch.einsum("pi,kid->kpd", weights, part[source])  # [k, P, dim]
-            gathered[name] = folded.unsqueeze(2).expand(-1, -1, candidates.shape[1], -1).flatten(1, 2)
-        for name, kind in model.tables.items():
-            if kind == "item":
-                gathered[name] = part[name][:, candidates.flatten()]
-        dense = {name: part[name] for name in dense_names}
-        scores = score_rows(model, dense, gathered).view(k, *candidates.shape)
+            rows[name] = torch.einsum("pi,kid->kpd", weights, part[source])  # [k, P, dim]
+        scores = model.candidate_scores({name: part[name] for name in dense_names}, rows, candidates)
         hit, _ = hit_and_ndcg(rank_of_positive(scores))
-        out[start : start + k] = hit.mean(1).numpy()
+        out[start : start + len(scores)] = hit.mean(1).numpy()
     return out

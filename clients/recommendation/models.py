@@ -76,6 +76,27 @@ class Recommender(nn.Module):
         """For each private user table, the item table whose rows stand in for it (public scoring)."""
         return {name: name.replace("user", "item") for name, kind in self.tables.items() if kind == "user"}
 
+    def row_gradients(self, rows: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Gradients of a batch's summed loss over its valid samples (``valid`` [m, b]) w.r.t. the rows
+        gathered for its pairs (``rows`` {table: [m, b * (1 + negatives), ...]}), for a model without
+        dense weights; None (the default): the trainer takes them from autograd."""
+        return None
+
+    def candidate_scores(
+        self, dense: ParamStack, rows: dict[str, torch.Tensor], candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores [k, P, C] of k models (dense weights ``dense`` [k, ...]) for P users against their candidates
+        [P, C]: ``rows`` holds each user table's rows of the P users [k, P, ...] and each item table whole
+        [k, I, ...]. Every (user, candidate) pair is gathered and scored by ``forward``."""
+        width = candidates.shape[1]
+        gathered = {}
+        for name, kind in self.tables.items():
+            if kind == "user":
+                user = rows[name].unsqueeze(2)
+                gathered[name] = user.expand(-1, -1, width, *user.shape[3:]).flatten(1, 2)
+            else:
+                gathered[name] = rows[name][:, candidates.flatten()]
+        return score_rows(self, dense, gathered).view(len(next(iter(rows.values()))), *candidates.shape)
 
 
 class MatrixFactorisation(Recommender):
@@ -100,6 +121,33 @@ class MatrixFactorisation(Recommender):
 
     def fold_in(self) -> dict[str, str]:
         return {"user": "item"}
+
+    def row_gradients(self, rows: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """BPR-Opt by hand (Rendle et al., UAI 2009, Sec. 4.3): with x = s_pos - s_neg, each sample's
+        -ln sigma(x) gives its negative pair sigma(-x) and its positive pair minus that, and l2 adds
+        2 l2 row to every row it gathered; what autograd computes, without building its graph."""
+        user, item, bias = rows["user"], rows["item"], rows["item_bias"]
+        width = 1 + self.negatives
+        scores = ((user * item).sum(-1) + bias).view(len(bias), -1, width)  # [m, b, 1 + n]
+        # d loss / d s_neg = sigma(s_neg - s_pos); torch.sigmoid rounds its vectorised body and its tail
+        # differently, which would make a device's numbers depend on its batch: exp and 1 / (1 + .) do not
+        pull = torch.reciprocal(1.0 + torch.exp(scores[..., :1] - scores[..., 1:])) * valid.unsqueeze(-1)
+        grad = torch.cat([-pull.sum(-1, keepdim=True), pull], dim=-1).flatten(1)  # d loss / d s, per pair
+        decay = (2.0 * self.l2) * valid.repeat_interleave(width, dim=1)  # [m, pairs]
+        return {
+            "user": grad.unsqueeze(-1) * item + decay.unsqueeze(-1) * user,
+            "item": grad.unsqueeze(-1) * user + decay.unsqueeze(-1) * item,
+            "item_bias": grad + decay * bias,
+        }
+
+    def candidate_scores(
+        self, dense: ParamStack, rows: dict[str, torch.Tensor], candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """One matrix product per model scores every item, then the candidates are picked (a dot product
+        needs no per-pair gather)."""
+        picked = candidates.unsqueeze(0).expand(len(rows["user"]), -1, -1)
+        scores = torch.bmm(rows["user"], rows["item"].transpose(1, 2)).gather(2, picked)  # of [k, P, I]
+        return scores + rows["item_bias"][:, candidates]
 
 
 class NeuMF(Recommender):

@@ -26,8 +26,10 @@ class Trainer(Protocol):
         *,
         seed: int,
         round_index: int,
+        correction: ParamStack | None = None,
     ) -> ParamStack:
-        """``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``); new tensors."""
+        """``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``); new tensors.
+        ``correction`` (row i for device i) is added to every step's gradient (SCAFFOLD's ``c - c_i``)."""
         ...
 
     def close(self) -> None:

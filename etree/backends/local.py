@@ -14,6 +14,7 @@ from torch import nn
 
 from clients.classification.fleet import FleetData
 from clients.classification.training import train_classifier
+from clients.errors import ClientsError
 from clients.params import ParamStack
 from clients.recommendation.interactions import InteractionFleet
 from clients.recommendation.training import train_recommender
@@ -29,9 +30,18 @@ def local_train(
     *,
     seed: int,
     round_index: int,
+    correction: ParamStack | None = None,
 ) -> ParamStack:
-    """``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``); new tensors."""
+    """``config.local_epochs`` of SGD on the devices ``device_ids`` (row i of ``params``); new tensors.
+    ``correction`` (a per-device constant added to every gradient, SCAFFOLD's ``c - c_i``) and
+    ``config.prox_mu`` (FedProx) are for classifiers: a recommender's sparse row updates touch only
+    the rows of a batch, which a dense term on every row would undo (refused, not ignored)."""
     if isinstance(data, InteractionFleet):
+        if config.prox_mu > 0 or correction is not None:
+            raise ClientsError(
+                f"train.prox_mu: got {config.prox_mu} (correction: {correction is not None}); recommenders "
+                f"train without a proximal term or a SCAFFOLD correction: use plain local SGD"
+            )
         return train_recommender(
             model,
             params,
@@ -43,7 +53,9 @@ def local_train(
             seed=seed,
             round_index=round_index,
         )
-    return train_classifier(model, params, data, device_ids, config, seed=seed, round_index=round_index)
+    return train_classifier(
+        model, params, data, device_ids, config, seed=seed, round_index=round_index, correction=correction
+    )
 
 
 class LocalTrainer:

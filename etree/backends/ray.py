@@ -98,9 +98,12 @@ class _ShardWorker:
         config: TrainConfig,
         seed: int,
         round_index: int,
+        correction: ParamStack | None = None,
     ) -> ParamStack:
         model, data = (self._fetch(ref) for ref in refs)
-        return local_train(model, params, data, device_ids, config, seed=seed, round_index=round_index)
+        return local_train(
+            model, params, data, device_ids, config, seed=seed, round_index=round_index, correction=correction
+        )
 
 
 class RayTrainer:
@@ -125,9 +128,12 @@ class RayTrainer:
         *,
         seed: int,
         round_index: int,
+        correction: ParamStack | None = None,
     ) -> ParamStack:
         if len(device_ids) == 0:  # nothing to ship: the local code says what an empty call returns
-            return local_train(model, params, data, device_ids, config, seed=seed, round_index=round_index)
+            return local_train(
+                model, params, data, device_ids, config, seed=seed, round_index=round_index, correction=correction
+            )
         self._start()  # before importing ray: a private Ray's loopback setting is read at import
         import ray
 
@@ -140,6 +146,7 @@ class RayTrainer:
                 config,
                 seed,
                 round_index,
+                None if correction is None else {name: t[start:stop].clone() for name, t in correction.items()},
             )
             for actor, (start, stop) in zip(self._actors, shard_bounds(len(device_ids), self.workers), strict=False)
         ]

@@ -73,10 +73,12 @@ class Workload:
         *,
         config: TrainConfig | None = None,
         data: FleetData | InteractionFleet | None = None,
+        correction: ParamStack | None = None,
     ) -> ParamStack:
         """Local training of the devices ``device_ids`` (row i of ``params``) on the run's backend:
         ``config`` (default ``self.train``) on ``data`` (default the fleet's), seeded by ``self.seed``
-        and ``round_index``. Returns new tensors; ``params`` is not modified."""
+        and ``round_index``, ``correction`` (row i for device i, SCAFFOLD's ``c - c_i``) added to every
+        step's gradient. Returns new tensors; ``params`` is not modified."""
         return self.trainer.train(
             self.model,
             params,
@@ -85,6 +87,7 @@ class Workload:
             self.train if config is None else config,
             seed=self.seed,
             round_index=round_index,
+            correction=correction,
         )
 
     @cached_property

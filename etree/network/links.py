@@ -26,22 +26,31 @@ class LinkLoad:
 
 
 class LinkLedger:
-    """Message counts per (source, target) pair of one protocol run, all of one size."""
+    """Message counts and bytes per (source, target) pair of one protocol run (``message_bytes`` each,
+    unless a message says its own size: a sparse recommender's item rows)."""
 
     def __init__(self, network: NetworkModel, message_bytes: int) -> None:
         self.network = network
         self.message_bytes = message_bytes
         self._counts: dict[int, np.ndarray] = {}
+        self._bytes: dict[int, np.ndarray] = {}
 
-    def record(self, source: int, targets: np.ndarray) -> None:
-        """One message between ``source`` and each of ``targets`` (repeats count; itself is free)."""
+    def record(self, source: int, targets: np.ndarray, nbytes: int | np.ndarray | None = None) -> None:
+        """One message between ``source`` and each of ``targets`` (repeats count; itself is free), of
+        ``nbytes`` bytes each (one size, or one per target; default ``message_bytes``)."""
         row = self._counts.get(int(source))
         if row is None:
             row = self._counts[int(source)] = np.zeros(self.network.nodes, dtype=np.int64)
-        np.add.at(row, np.asarray(targets, dtype=np.int64), 1)
+            self._bytes[int(source)] = np.zeros(self.network.nodes, dtype=np.float64)
+        targets = np.asarray(targets, dtype=np.int64)
+        np.add.at(row, targets, 1)
+        size = self.message_bytes if nbytes is None else nbytes
+        np.add.at(self._bytes[int(source)], targets, np.broadcast_to(np.asarray(size, dtype=np.float64), targets.shape))
 
     def loads(self) -> LinkLoad:
         messages = np.zeros(len(self.network.link_bandwidth))
+        sent = np.zeros(len(self.network.link_bandwidth))
         for source in sorted(self._counts):
             messages += self.network.path_link_counts(source, self._counts[source])
-        return LinkLoad(self.network.link_ends, messages, messages * self.message_bytes)
+            sent += self.network.path_link_counts(source, self._bytes[source])
+        return LinkLoad(self.network.link_ends, messages, sent)

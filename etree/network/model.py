@@ -19,9 +19,11 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-from scipy.sparse import csgraph
+from scipy import sparse
 
-from topologies import delays_from, latency_csgraph, path_bottleneck_bandwidth
+from topologies import link_csgraphs, shortest_path_costs
+
+PREPARE_BATCH = 64  # sources per Dijkstra batch: bounds the [batch, n] arrays of the bottleneck search
 
 
 class NetworkModel:
@@ -34,7 +36,8 @@ class NetworkModel:
         self._latency: dict[int, np.ndarray] = {}
         self._bandwidth: dict[int, np.ndarray] = {}
         self._pred: dict[int, np.ndarray] = {}
-        self._latency_matrix: Any = None
+        self._first: dict[int, np.ndarray] = {}  # per source: every node's first link (``first_links``)
+        self._matrices: Any = None  # the latency and bandwidth csgraphs, built on first use
         edges = list(graph.edges(data="bandwidth_bps"))
         self.link_ends = np.array([(u, v) for u, v, _ in edges], dtype=np.int64).reshape(-1, 2)
         self.link_bandwidth = np.array([bw for _, _, bw in edges], dtype=np.float64)
@@ -50,23 +53,32 @@ class NetworkModel:
         self._code_link = np.concatenate([np.arange(m), np.arange(m)])[order]
 
     def prepare(self, sources: Iterable[int]) -> None:
-        """Compute the rows of ``sources`` in one batch (cheaper than one call per source)."""
+        """Compute the rows of ``sources``, ``PREPARE_BATCH`` at a time: one Dijkstra per source gives its
+        latencies, bottleneck bandwidths and shortest-path tree (``predecessors``) alike."""
         missing = sorted({int(s) for s in sources} - self._latency.keys())
-        if not missing:
-            return
-        latency = delays_from(self.graph, missing)
-        bandwidth = path_bottleneck_bandwidth(self.graph, missing)
-        for row, source in enumerate(missing):
-            self._latency[source] = latency[row]
-            self._bandwidth[source] = bandwidth[row]
+        for start in range(0, len(missing), PREPARE_BATCH):
+            chunk = missing[start : start + PREPARE_BATCH]
+            latency, bandwidth, pred = shortest_path_costs(*self.csgraphs, np.array(chunk, dtype=np.int64))
+            for row, source in enumerate(chunk):
+                self._latency[source] = latency[row]
+                self._bandwidth[source] = bandwidth[row]
+                self._pred.setdefault(source, pred[row])
+
+    @property
+    def csgraphs(self) -> tuple[sparse.csr_array, sparse.csr_array]:
+        """The latency and bandwidth csgraphs (:func:`topologies.link_csgraphs`), built once."""
+        if self._matrices is None:
+            self._matrices = link_csgraphs(self.graph)
+        return self._matrices
 
     def latency_s(self, source: int, targets: np.ndarray) -> np.ndarray:
         """Path latency from ``source`` to each of ``targets`` (the graph is undirected: symmetric)."""
         self.prepare([source])
         return self._latency[int(source)][targets]
 
-    def transfer_s(self, source: int, targets: np.ndarray, nbytes: int) -> np.ndarray:
-        """Seconds for a message of ``nbytes`` between ``source`` and each target; 0 to itself."""
+    def transfer_s(self, source: int, targets: np.ndarray, nbytes: float | np.ndarray) -> np.ndarray:
+        """Seconds for a message of ``nbytes`` (one size, or one per target) between ``source`` and each
+        target; 0 to itself."""
         self.prepare([source])
         bandwidth = self._bandwidth[int(source)][targets]
         return self._latency[int(source)][targets] + 8.0 * nbytes / bandwidth
@@ -78,17 +90,14 @@ class NetworkModel:
     @property
     def latency_graph(self) -> Any:
         """The link latencies as a symmetric csgraph (:func:`topologies.latency_csgraph`), built once."""
-        if self._latency_matrix is None:
-            self._latency_matrix = latency_csgraph(self.graph)
-        return self._latency_matrix
+        return self.csgraphs[0]
 
     # -- paths ---------------------------------------------------------------
     def predecessors(self, source: int) -> np.ndarray:
         """The latency-shortest-path tree of ``source``: each node's predecessor (-9999 at the root)."""
         source = int(source)
         if source not in self._pred:
-            _, pred = csgraph.dijkstra(self.latency_graph, directed=True, indices=[source], return_predecessors=True)
-            self._pred[source] = np.asarray(pred, dtype=np.int64).reshape(-1)
+            self.prepare([source])
         return self._pred[source]
 
     def link_ids(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,20 +105,25 @@ class NetworkModel:
         return self._code_link[np.searchsorted(self._codes, np.asarray(a) * self.nodes + np.asarray(b))]
 
     def first_links(self, source: int, targets: np.ndarray) -> np.ndarray:
-        """The link next to ``source`` on its path to each target; -1 for the source itself."""
-        pred = self.predecessors(source)
-        here = np.asarray(targets, dtype=np.int64).copy()
-        out = np.full(len(here), -1, dtype=np.int64)
-        walking = here != source
-        while walking.any():
-            step = np.flatnonzero(walking)
-            back = pred[here[step]]
-            arrived = back == source
-            done = step[arrived]
-            out[done] = self.link_ids(np.full(len(done), source), here[done])
-            here[step[~arrived]] = back[~arrived]
-            walking[done] = False
-        return out
+        """The link next to ``source`` on its path to each target; -1 for the source itself.
+
+        Read off a per-source table of every node's first link, made once by pointer doubling up
+        the shortest-path tree (rounds under contention ask for it every round)."""
+        source = int(source)
+        if source not in self._first:
+            pred = self.predecessors(source).astype(np.int64)
+            nodes = np.arange(self.nodes)
+            top = np.where((pred == source) | (pred < 0), nodes, pred)  # the node below the source on each path
+            while True:
+                above = top[top]
+                if np.array_equal(above, top):
+                    break
+                top = above
+            first = np.full(self.nodes, -1, dtype=np.int64)
+            reached = pred >= 0
+            first[reached] = self.link_ids(np.full(int(reached.sum()), source), top[reached])
+            self._first[source] = first
+        return self._first[source][np.asarray(targets, dtype=np.int64)]
 
     def path_link_counts(self, source: int, counts: np.ndarray) -> np.ndarray:
         """Messages per link when ``counts[v]`` messages travel between ``source`` and each node v."""

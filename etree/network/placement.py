@@ -4,29 +4,37 @@
 - Centre: argmin_j max_i d(i, j), the member with the smallest largest delay: the authors' FL
   parameter server (``findParameterServerId`` in their simulator).
 
-Ties go to the smallest id. Both are found exactly without an ``|C| x |C|`` search
-when the bound allows: by the triangle inequality, from any landmark node L,
+Ties go to the smallest id (scores equal up to round-off, ``_TIE``: the same delays summed
+along different equal-latency paths differ in the last bits). Both are found exactly without an
+``|C| x |C|`` search when the bounds allow: by the triangle inequality, from any landmark node L,
 ``d(j, i) >= |d(L, i) - d(L, j)|``, so ``sum_i d(j, i) >= sum_i |d(L, i) - d(L, j)|``
 (the bound of Newling & Fleuret's trimed, "A Sub-Quadratic Exact Medoid Algorithm",
 AISTATS 2017) and ``max_i d(j, i) >= max_i |d(L, i) - d(L, j)|``. Bounds start from a
-few landmark rows; members are then scored exactly in order of their bound, a batch
-of Dijkstra rows at a time, and every exact row becomes a landmark too, until the
-next bound exceeds the best score found. Positions are never used: on graphs whose
-coordinates are for drawing only, the medoid is still the medoid.
+few landmark rows (whose members are scored exactly on the way); members are then scored
+exactly in order of their bound, a batch of Dijkstra rows at a time, and every exact row
+tightens the bounds too, until the next bound exceeds the best score found. Before a batch,
+the open members with the lowest bounds get the pairwise bound ``sum_i max_L |d(L, i) - d(L, j)|``
+(the max inside the sum: on a random geometric graph it halves to thirds the rows a search needs).
+Positions are never used: on graphs whose coordinates are for drawing only, the medoid is
+still the medoid.
 
-A search spends at most ``MAX_EXACT_ROWS`` exact rows. Every set of that size or
-less gets its exact answer, and so does a larger one whose bound closes within the
-budget (a compact cluster); otherwise the answer is the best of the
-``MAX_EXACT_ROWS`` members with the lowest bounds: chosen by graph delays, scored
-exactly. Measured on the whole fleet of 3,000- and 5,000-node graphs (three
-``random_links``, the hardest case since delays concentrate and bounds stay loose, and
-one ``random_geometric``), the budgeted medoid was the exact one every time (0% excess
-delay); the budget caps the cost of proving it (``tests/test_placement.py`` checks
-exactness against brute force).
+A search spends at most ``MAX_EXACT_ROWS`` exact rows and ``MAX_WORK`` Dijkstra work (rows
+times the nodes of the graph each ran on). Every set of ``MAX_EXACT_ROWS`` members or less on a
+graph of up to ``MAX_WORK / MAX_EXACT_ROWS`` (65,536) nodes gets its exact answer, and so does
+a larger one whose bound closes within the budget (a compact cluster); otherwise the answer is
+the best of the members scored, which were taken in order of their graph-delay bounds.
+Measured on the whole fleet of 3,000- and 5,000-node graphs (three ``random_links``, the
+hardest case since delays concentrate and bounds stay loose, and one ``random_geometric``),
+the budgeted medoid was the exact one every time (0% excess delay); the budget caps the
+cost of proving it (``tests/test_placement.py`` checks exactness against brute force).
 
 Every Dijkstra is confined to the ball of radius 3R around the first landmark
 (R: its farthest member), with a cut-off at 2R: no two members are farther apart
-than 2R, and every node on such a path lies within 3R of the landmark.
+than 2R, and every node on such a path lies within 3R of the landmark. A batch of
+members near the middle needs less: member j reaches every member within
+``min_L d(L, j) + R_L`` (``R_L``: landmark L's farthest member), and its paths stay within
+``d(first landmark, j)`` plus that of the first landmark, so its rows run on that smaller
+ball with that cut-off (a third of the Dijkstra work on a 100,000-node random geometric graph).
 """
 
 from __future__ import annotations
@@ -39,13 +47,20 @@ from scipy.sparse import csgraph
 
 from etree.network.model import NetworkModel
 
-BATCH = 64  # members scored exactly per Dijkstra batch
+BATCH = 16  # members scored exactly per Dijkstra batch
 MAX_EXACT_ROWS = 2048  # exact rows one search may spend
+MAX_WORK = 2**27  # Dijkstra work one search may spend: the sum over its rows of the nodes each row's graph holds
 LANDMARKS = 4  # rows behind the first bounds: the given centre or first member, then farthest-point picks
+PAIR_ROWS = 256  # open members given the pairwise bound at once (fewer for sets past PAIR_FLOATS / 256)
+PAIR_FLOATS = 2**22  # floats of one pairwise-bound block (32 MB)
 _SLACK = 1e-9  # relative slack against round-off in summed latencies
+_TIE = 1e-12  # scores this close (relatively) are equal: ties go to the smallest id
 
-# per objective: the exact score of rows [b, m], and the lower bound each landmark row [b, m] gives every member
-Objective = tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+# per objective: the exact score of rows [b, m]; the lower bound each landmark row [b, m] gives every member;
+# and how one member's pairwise lower bounds [j, m] reduce to a bound on its score
+Objective = tuple[
+    Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]
+]
 
 
 def delay_medoid(network: NetworkModel, members: np.ndarray) -> int:
@@ -58,64 +73,152 @@ def delay_centre(network: NetworkModel, members: np.ndarray) -> int:
     return _search(network.latency_graph, members, None, _CENTRE)
 
 
-def medoid(latency: sparse.csr_array, members: np.ndarray, centre_row: np.ndarray | None = None) -> int:
+def medoid(
+    latency: sparse.csr_array,
+    members: np.ndarray,
+    centre_row: np.ndarray | None = None,
+    landmark_rows: np.ndarray | None = None,
+) -> int:
     """Eq. 1 on a symmetric latency csgraph (:func:`topologies.latency_csgraph`).
 
     ``centre_row`` (delays from a node near the set, e.g. its old centre) saves the
-    first landmark's Dijkstra.
+    first landmark's Dijkstra. ``landmark_rows`` (``[l, n]`` delays from any nodes, e.g. the
+    neighbouring clusters' centres, which KMA has at hand) replace the farthest-point landmarks:
+    any node's delays bound the same way, so the answer is the same, for no Dijkstra.
     """
-    return _search(latency, members, centre_row, _MEDOID)
+    return _search(latency, members, centre_row, _MEDOID, landmark_rows)
 
 
-def _search(latency: sparse.csr_array, members: np.ndarray, centre_row: np.ndarray | None, objective: Objective) -> int:
-    score, bound_of = objective
+class _Ball:
+    """The graph around a set: nodes within 3R of the first landmark (R: its farthest member), and
+    the smaller balls a batch of sources near the middle needs."""
+
+    def __init__(self, latency: sparse.csr_array, centre_row: np.ndarray, members: np.ndarray, reach: float) -> None:
+        self.nodes = np.flatnonzero(centre_row <= 3 * reach * (1 + _SLACK) + 1e-12)
+        self.graph = latency[self.nodes][:, self.nodes] if len(self.nodes) < latency.shape[0] else latency
+        self.around = centre_row[self.nodes]  # delay from the first landmark to each ball node
+        self.local = np.searchsorted(self.nodes, members)
+        self.work = 0
+
+    def rows(self, sources: np.ndarray, limit: float, radius: float = np.inf) -> np.ndarray:
+        """Exact delays from members ``sources`` (indices into the set) to every member, up to
+        ``limit``; ``radius`` bounds the first landmark's delay to every node such a path visits."""
+        graph, local = self.graph, self.local
+        inner = np.flatnonzero(self.around <= radius * (1 + _SLACK) + 1e-12)
+        if len(inner) < 0.8 * len(self.nodes):  # a ball of its own: Dijkstra's cost grows with the nodes
+            graph, local = self.graph[inner][:, inner], np.searchsorted(inner, local)
+        self.work += len(sources) * graph.shape[0]
+        return _rows(graph, local[sources], limit * (1 + _SLACK) + 1e-12)[:, local]
+
+
+def _search(
+    latency: sparse.csr_array,
+    members: np.ndarray,
+    centre_row: np.ndarray | None,
+    objective: Objective,
+    landmark_rows: np.ndarray | None = None,
+) -> int:
+    score, bound_of, reduce = objective
     members = np.unique(np.asarray(members, dtype=np.int64))
     if len(members) == 1:
         return int(members[0])
     if centre_row is None:
         centre_row = _rows(latency, members[:1])[0]
-    reach = float(centre_row[members].max())
+    first = centre_row[members]
+    reach = float(first.max())
     if not np.isfinite(reach):
         raise ValueError("medoid: the members are not connected")
-    ball = np.flatnonzero(centre_row <= 3 * reach * (1 + _SLACK) + 1e-12)
-    graph = latency[ball][:, ball] if len(ball) < latency.shape[0] else latency
-    local = np.searchsorted(ball, members)
-    limit = 2 * reach * (1 + _SLACK) + 1e-12
+    ball = _Ball(latency, centre_row, members, reach)
     if len(members) <= BATCH:
-        return int(members[int(np.argmin(score(_rows(graph, local, limit)[:, local])))])
-    bound = _landmark_bounds(graph, local, centre_row[members], limit, bound_of)
-    open_ = np.ones(len(members), dtype=bool)
-    best_score, best = np.inf, -1
-    while open_.any() and len(members) - int(open_.sum()) < MAX_EXACT_ROWS:
-        waiting = np.flatnonzero(open_)
+        return int(members[_best(score(ball.rows(np.arange(len(members)), 2 * reach)))])
+    given = None if landmark_rows is None else landmark_rows[:, members]
+    if given is not None:
+        given = given[np.isfinite(given).all(1)]
+    if given is not None and len(given) >= LANDMARKS - 1:
+        landmarks = _Landmarks(np.concatenate([first[None], given]), np.zeros(0, dtype=np.int64))
+    else:
+        landmarks = _landmark_rows(ball, first, 2 * reach)  # [l, m]: the first landmark, then members
+    scored = np.zeros(len(members), dtype=bool)
+    value = np.full(len(members), np.inf)  # exact scores of the scored members
+    picks = landmarks.picks
+    scored[picks], value[picks] = True, score(landmarks.rows[1 : 1 + len(picks)])
+    bound = np.maximum(bound_of(landmarks.rows).max(0), np.where(scored, value, -np.inf))
+    reaches = landmarks.rows.max(1)  # each landmark's farthest member
+    pair = _PairBound(landmarks.rows, reduce)
+    spent = len(picks)
+    while True:
+        best = _best(value)
+        cut = value[best] * (1 + _SLACK) + 1e-12
+        waiting = np.flatnonzero(~scored & (bound <= cut))
+        if not len(waiting) or spent >= MAX_EXACT_ROWS or ball.work >= MAX_WORK:
+            return int(members[best])
+        bound = pair.tighten(bound, waiting, cut)
+        waiting = waiting[bound[waiting] <= cut]
+        if not len(waiting):
+            return int(members[best])
         chunk = waiting[np.lexsort((members[waiting], bound[waiting]))[:BATCH]]
-        if bound[chunk[0]] > best_score * (1 + _SLACK) + 1e-12:
-            break
-        rows = _rows(graph, local[chunk], limit)[:, local]
-        open_[chunk] = False
-        for row, value in zip(chunk.tolist(), score(rows).tolist(), strict=True):
-            if value < best_score or (value == best_score and members[row] < members[best]):
-                best_score, best = value, row
+        # a source j reaches every member within min_l d(l, j) + reach_l; its paths stay within
+        # d(first landmark, j) + that of the first landmark
+        limits = (landmarks.rows[:, chunk] + reaches[:, None]).min(0)
+        rows = ball.rows(chunk, float(limits.max()), float((first[chunk] + limits).max()))
+        spent += len(chunk)
+        scored[chunk], value[chunk] = True, score(rows)
         bound = np.maximum(bound, bound_of(rows).max(0))
-    return int(members[best])
+        bound[chunk] = value[chunk]
+
+
+class _Landmarks:
+    def __init__(self, rows: np.ndarray, picks: np.ndarray) -> None:
+        self.rows, self.picks = rows, picks
+
+
+def _landmark_rows(ball: _Ball, first: np.ndarray, limit: float) -> _Landmarks:
+    """The first landmark's member delays, then ``LANDMARKS - 1`` farthest-point picks among the members."""
+    rows = [first]
+    picks: list[int] = []
+    nearest = first.copy()  # each member's delay to its nearest landmark so far
+    for _ in range(LANDMARKS - 1):
+        pick = int(np.argmax(nearest))
+        if nearest[pick] <= 0:
+            break
+        row = ball.rows(np.array([pick]), limit)[0]
+        rows.append(row)
+        picks.append(pick)
+        nearest = np.minimum(nearest, row)
+    return _Landmarks(np.stack(rows), np.array(picks, dtype=np.int64))
+
+
+class _PairBound:
+    """The tighter bound: per pair, ``d(i, j) >= max_l |d(l, i) - d(l, j)|`` over the landmark rows,
+    reduced over i (a sum for Eq. 1, a max for the centre), for at most ``PAIR_ROWS`` open members at once."""
+
+    def __init__(self, landmarks: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.landmarks = landmarks
+        self.reduce = reduce
+        self.done = np.zeros(landmarks.shape[1], dtype=bool)
+
+    def tighten(self, bound: np.ndarray, waiting: np.ndarray, cut: float) -> np.ndarray:
+        fresh = waiting[~self.done[waiting]]
+        if not len(fresh) or not (~self.done[waiting[np.argsort(bound[waiting], kind="stable")[:BATCH]]]).any():
+            return bound
+        fresh = fresh[np.argsort(bound[fresh], kind="stable")[: max(1, min(PAIR_ROWS, PAIR_FLOATS // len(bound)))]]
+        pairs = np.zeros((len(fresh), len(bound)))  # [j, m]: max over the landmarks, one landmark at a time
+        for row in self.landmarks:
+            np.maximum(pairs, np.abs(row[fresh, None] - row[None, :]), out=pairs)
+        bound = bound.copy()
+        bound[fresh] = np.maximum(bound[fresh], self.reduce(pairs))
+        self.done[fresh] = True
+        return bound
+
+
+def _best(value: np.ndarray) -> int:
+    """The first (smallest id: members are sorted) of the scores equal to the least up to round-off
+    (``_TIE``): the same delays summed along different equal-latency paths differ in the last bits."""
+    return int(np.argmax(value <= value.min() * (1 + _TIE)))
 
 
 def _rows(graph: sparse.csr_array, sources: np.ndarray, limit: float = np.inf) -> np.ndarray:
     return np.atleast_2d(csgraph.dijkstra(graph, directed=True, indices=sources, limit=limit))
-
-
-def _landmark_bounds(
-    graph: sparse.csr_array, local: np.ndarray, first: np.ndarray, limit: float, bound_of: Callable[..., np.ndarray]
-) -> np.ndarray:
-    """Each member's lower bound from ``LANDMARKS`` landmark rows (farthest-point picks after ``first``)."""
-    bound = bound_of(first[None])[0]
-    nearest = first.copy()  # each member's delay to its nearest landmark so far
-    for _ in range(LANDMARKS - 1):
-        pick = int(np.argmax(nearest))
-        row = _rows(graph, local[pick : pick + 1], limit)[0][local]
-        bound = np.maximum(bound, bound_of(row[None])[0])
-        nearest = np.minimum(nearest, row)
-    return bound
 
 
 def _abs_deviation_sums(values: np.ndarray) -> np.ndarray:
@@ -138,5 +241,5 @@ def _abs_deviation_max(values: np.ndarray) -> np.ndarray:
     return np.maximum(values.max(1, keepdims=True) - values, values - values.min(1, keepdims=True))
 
 
-_MEDOID: Objective = (lambda rows: rows.sum(1), _abs_deviation_sums)
-_CENTRE: Objective = (lambda rows: rows.max(1), _abs_deviation_max)
+_MEDOID: Objective = (lambda rows: rows.sum(1), _abs_deviation_sums, lambda pairs: pairs.sum(1))
+_CENTRE: Objective = (lambda rows: rows.max(1), _abs_deviation_max, lambda pairs: pairs.max(1))

@@ -15,14 +15,18 @@ from etree.engine.registry import PROTOCOLS, build_registered
 # protocol name -> module of this package that registers it
 BUILTIN = {
     "centralised": "centralised",
+    "dpsgd": "dpsgd",
     "etree": "etree_learning",
     "fedavg": "fedavg",
+    "fednova": "fednova",
     "flower": "flower",
     "gossip": "gossip",
     "grouped": "ablations",
     "hierfavg": "hierfavg",
+    "ifca": "ifca",
     "individual": "ablations",
     "popularity": "centralised",
+    "scaffold": "scaffold",
 }
 
 

@@ -30,6 +30,7 @@ from etree.engine.protocol import Protocol, RoundCost, own_models
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
+from etree.trees.hierarchical import LocalObjective
 from etree.trees.kma_tree import TreeOptions, check_ratios, kma_tree_protocol
 
 EVAL_STREAM_TAG = 0x1D1  # mixed with the workload seed: the evaluated sample of devices
@@ -96,13 +97,26 @@ def grouped(
     public_merge: str = "mean",
     weighted: bool = False,
     participation: float = 1.0,
+    local: LocalObjective = "sgd",
+    mu: float = 0.01,
+    server_opt: str = "none",
+    item_merge: str = "touched",
 ) -> Protocol:
     """Grouped aggregation (paper Table 3): the E-Tree tree, its top layer never aggregating.
 
-    Options mean what they mean for ``etree``; ``ratios`` defaults to 1 per
+    Options mean what they mean for ``etree`` (``local``/``mu``: FedProx); ``ratios`` defaults to 1 per
     layer (the top ratio is never used). Accuracy = mean over devices of the
-    layer-1 cluster model each holds.
+    layer-1 cluster model each holds. ``server_opt`` must stay ``"none"``: the top never
+    aggregates, so there is no root step for a server optimizer (use ``etree`` for one).
+    ``item_merge`` (recommenders): ``"touched"`` (default) sends each device's touched item rows and
+    averages each row over its senders (FCF), ``"dense"`` averages whole item tables
+    (``etree.trees.sparse_rows``).
     """
+    if server_opt != "none":
+        raise ProtocolError(
+            f"protocols.{label}.server_opt: got {server_opt!r}; grouped's top layer never aggregates, so there "
+            f"is no root step for a server optimizer: use protocol 'etree' with server_opt, or 'none'"
+        )
     options = TreeOptions.checked(
         label,
         groups=groups,
@@ -129,4 +143,7 @@ def grouped(
         participation=participation,
         public_merge=public_merge,
         top_aggregates=False,
+        local=local,
+        mu=mu,
+        item_merge=item_merge,
     )

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 from etree.engine.protocol import Protocol
 from etree.engine.registry import register_protocol
+from etree.trees.hierarchical import LocalObjective
 from etree.trees.kma_tree import TreeOptions, check_ratios, kma_tree_protocol
+from etree.trees.server_opt import server_optimizer
 
 
 # -- the protocol ------------------------------------------------------------
@@ -40,13 +42,35 @@ def etree(
     public_merge: str = "mean",
     weighted: bool = False,
     participation: float = 1.0,
+    local: LocalObjective = "sgd",
+    mu: float = 0.01,
+    server_opt: str = "none",
+    server_lr: float | None = None,
+    server_momentum: float | None = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    tau: float | None = None,
+    item_merge: str = "touched",
 ) -> Protocol:
     """E-Tree learning: synchronous aggregation over the KMA tree.
 
     Defaults are the authors' ``lu`` config (groups 8,1; ratios 1,5; delta
     0.09; 10 pre-training epochs; 1000 public samples); ``gamma`` 0.05 and the
     public-node merge are GUESSes. ``accuracy`` reports the root model.
+    ``local = "fedprox"`` is E-Tree + FedProx: local SGD with the proximal term
+    mu/2 ||w - w_received||^2 (Li et al., MLSys 2020), w_received the model the
+    device holds when the round starts (its cluster's or the root's).
+    ``server_opt`` steps the root, at each of its aggregations, with a server optimizer (``"avgm"``:
+    FedAvgM, Hsu et al. 2019; ``"adam"``, ``"yogi"``, ``"adagrad"``: Reddi et al., ICLR 2021) tuned by ``server_lr``,
+    ``server_momentum``, ``beta1``, ``beta2``, ``tau`` (None: the kind's default, Flower's;
+    ``etree.trees.server_opt``).
+    ``item_merge`` (recommenders): ``"touched"`` (default) sends each device's touched item rows and
+    averages each row over its senders (FCF), ``"dense"`` averages whole item tables
+    (``etree.trees.sparse_rows``).
     """
+    opt = server_optimizer(
+        label, server_opt, lr=server_lr, momentum=server_momentum, beta1=beta1, beta2=beta2, tau=tau
+    )
     options = TreeOptions.checked(
         label,
         groups=groups,
@@ -66,4 +90,8 @@ def etree(
         weighted=weighted,
         participation=participation,
         public_merge=public_merge,
+        local=local,
+        mu=mu,
+        server_opt=opt,
+        item_merge=item_merge,
     )

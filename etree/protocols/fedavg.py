@@ -19,7 +19,8 @@ from etree.engine.protocol import Protocol
 from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
-from etree.trees.hierarchical import TreeProtocol
+from etree.trees.hierarchical import LocalObjective, TreeProtocol
+from etree.trees.server_opt import server_optimizer
 from etree.trees.servers import choose_server
 from etree.trees.tree import AggregationTree, star_tree
 
@@ -32,11 +33,43 @@ def fedavg(
     participation: float = 1.0,
     weighted: bool = False,
     server_trains: bool = False,
+    local: LocalObjective = "sgd",
+    mu: float = 0.01,
+    server_opt: str = "none",
+    server_lr: float | None = None,
+    server_momentum: float | None = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    tau: float | None = None,
+    item_merge: str = "touched",
 ) -> Protocol:
     """FedAvg; ``weighted=False`` is the unweighted mean of the E-Tree paper's FL baseline;
-    ``server_trains=True`` lets a server that is a device train and join the average too."""
+    ``server_trains=True`` lets a server that is a device train and join the average too.
+    ``local = "fedprox"`` is FedProx (Li et al., MLSys 2020): local SGD on the loss plus
+    mu/2 ||w - w_global||^2, with ``mu``.
+    ``server_opt`` steps the root with a server optimizer (``"avgm"``: FedAvgM, Hsu et al. 2019;
+    ``"adam"``, ``"yogi"``, ``"adagrad"``: Reddi et al., ICLR 2021) tuned by ``server_lr``,
+    ``server_momentum``, ``beta1``, ``beta2``, ``tau`` (None: the kind's default, Flower's;
+    ``etree.trees.server_opt``).
+    ``item_merge`` (recommenders): ``"touched"`` (default) sends each device's touched item rows and
+    averages each row over its senders (FCF), ``"dense"`` averages whole item tables
+    (``etree.trees.sparse_rows``).
+    """
+    opt = server_optimizer(
+        label, server_opt, lr=server_lr, momentum=server_momentum, beta1=beta1, beta2=beta2, tau=tau
+    )
 
     def build(workload: Workload, network: NetworkModel) -> AggregationTree:
         return star_tree(workload.devices, choose_server(workload, network, server, label))
 
-    return TreeProtocol(label, build, weighted=weighted, participation=participation, aggregators_train=server_trains)
+    return TreeProtocol(
+        label,
+        build,
+        weighted=weighted,
+        participation=participation,
+        aggregators_train=server_trains,
+        local=local,
+        mu=mu,
+        server_opt=opt,
+        item_merge=item_merge,
+    )

@@ -1,11 +1,18 @@
-"""FedAvg on the real Flower simulation engine: an independent check of the in-engine FedAvg.
+"""Flower's strategies on the real Flower simulation engine: an independent check of the in-engine ones.
 
-A ``ServerApp`` runs ``flwr.serverapp.strategy.FedAvg`` (McMahan et al.,
-AISTATS 2017, Algorithm 1, Flower's own implementation) and a ``ClientApp``
+A ``ServerApp`` runs one of Flower's own strategies (``strategy``: FedAvg,
+McMahan et al., AISTATS 2017, Algorithm 1, by default; FedProx, FedAvgM,
+FedAdam, FedYogi or FedAdagrad, built from ``flwr.serverapp.strategy`` with
+their own options: ``etree.backends.flower_strategies``) and a ``ClientApp``
 trains one device with the same code the engine uses (``local_train`` on a
 stack of one: a device's random stream depends only on (seed, round, device
 id), so it trains exactly as it would inside the whole fleet), on Flower's
-Ray backend. Supernode ``partition-id`` i is device i.
+Ray backend. Supernode ``partition-id`` i is device i. FedProx's clients
+train with the ``proximal-mu`` the strategy sends in the train config
+(``TrainConfig.prox_mu``: mu/2 ||w - w_received||^2, Li et al., MLSys 2020).
+Their in-engine counterparts are ``fedavg`` with ``local = "fedprox"`` or a
+``server_opt``; the simulated time and bytes charged are FedAvg's, since these
+strategies send the same model the same way.
 
 Fitting Flower to the round-by-round ``Protocol`` interface: Flower owns its
 round loop, so ``setup`` runs the whole simulation (``workload.rounds``
@@ -20,7 +27,7 @@ Models with private parameters (a recommender's user embeddings,
 ``context.state`` (a ``RecordDict`` that the simulation engine stores per node
 and hands back with the node's next message), trains the global shared model
 with them, stores the trained rows back and replies with the shared parameters
-only (item embeddings and dense weights), so Flower's FedAvg never receives,
+only (item embeddings and dense weights), so Flower's strategy never receives,
 let alone averages, a user row; ``FlowerRun.sent`` lists every array name the
 server received, for tests to check. Evaluation needs each device's rows as
 trained under Flower (every device scores its own users, as in the in-engine
@@ -45,10 +52,11 @@ Choices the comparison forces:
   sampling cannot be made reproducible by seeding Python's ``random``: node
   ids come from ``os.urandom``, so the same draw picks other devices each run.
   Instead the ServerApp first asks every node its ``partition-id`` (one
-  ``query`` message each), and a FedAvg whose ``configure_train`` is replaced
-  sends the round's training messages to exactly the devices the in-engine
+  ``query`` message each), and the strategy's FedAvg sampling is replaced so
+  that the round's training messages go to exactly the devices the in-engine
   FedAvg samples (``participants``: the same counter-based draw from
-  ``workload.seed``). Aggregation stays Flower's.
+  ``workload.seed``). The rest of ``configure_train`` and all of the
+  aggregation stay the strategy's.
 * A guest that leaves no trace: telemetry, update checks and Ray usage stats
   are off and Ray runs on loopback only (``etree.backends.ray_guest``, shared with the
   Ray training backend); ``benchmarks/check_no_outbound.py`` checks this with strace.
@@ -64,8 +72,8 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -75,6 +83,13 @@ from clients.classification.fleet import FleetData
 from clients.params import ParamStack, replicate
 from clients.recommendation.interactions import InteractionFleet
 from clients.recommendation.metrics import DeviceModels
+from etree.backends.flower_strategies import (
+    FlowerStrategy,
+    StrategyName,
+    build_strategy,
+    strategy_from_options,
+    with_client_lr,
+)
 from etree.backends.local import local_train
 from etree.backends.ray_guest import guest_environment, start_loopback_ray
 from etree.core.errors import ProtocolError
@@ -104,7 +119,7 @@ class FlowerRun:
 
     global_models: list[ParamStack]  # index r: the global model after round r (0: initial; shared parameters)
     trained: list[list[int]]  # index r-1: the devices whose replies Flower aggregated in round r
-    wall_s: float  # real seconds of run_simulation, for logs only
+    wall_s: float  # real seconds of the strategy's rounds inside the simulation, for logs only
     ray_session_dir: str  # Ray's session folder: its logs, and the name its processes carry
     sent: frozenset[str]  # every array name in the train replies the server received
     private_rows: dict[int, dict[str, torch.Tensor]]  # device -> its logged rows "<name>@<round>" (evaluation only)
@@ -155,6 +170,7 @@ def _client_payload(workload: Workload, weighted: bool) -> dict[str, Any]:
         "seed": workload.seed,
         "weighted": weighted,
         "private": {name: workload.initial[name] for name in sorted(workload.private)},  # rows before round 1
+        "dtypes": {name: tensor.dtype for name, tensor in workload.initial.items()},
     }
 
 
@@ -192,16 +208,21 @@ def _client_app(payload_ref: Any) -> Any:
         payload = ray.get(payload_ref)
         data: FleetData | InteractionFleet = payload["data"]
         device = int(context.node_config["partition-id"])
-        arrays = message.content.array_records["arrays"].to_torch_state_dict()
+        received = message.content.array_records["arrays"].to_torch_state_dict()
+        # loaded into the model's own dtypes, as load_state_dict would (FedAdam's numpy update is float64)
+        arrays = {name: tensor.to(payload["dtypes"][name]) for name, tensor in received.items()}
         own = own_rows(context, payload["private"]) if payload["private"] else {}
         stack = {name: tensor.unsqueeze(0) for name, tensor in (arrays | own).items()}
-        server_round = cast(int, message.content.config_records["config"]["server-round"])
+        config = message.content.config_records["config"]
+        server_round = cast(int, config["server-round"])
+        mu = config.get("proximal-mu")  # sent by FedProx only: its proximal term's weight
+        train = payload["train"] if mu is None else replace(payload["train"], prox_mu=float(cast(float, mu)))
         trained = local_train(
             payload["model"],
             stack,
             data,
             torch.tensor([device]),
-            payload["train"],
+            train,
             seed=payload["seed"],
             round_index=server_round,
         )
@@ -223,10 +244,13 @@ def _client_app(payload_ref: Any) -> Any:
 
     @app.query("private_rows")
     def private_rows(message: Message, context: Any) -> Message:
-        """Evaluation only, after the last round: the node's logged private rows (not protocol traffic)."""
+        """Evaluation only, after a strategy's last round: the node's logged private rows (not protocol
+        traffic). The node hands them over and forgets them, so that the next strategy of the same
+        simulation (``run_flower_strategies``) starts, as a fresh node would, from the initial rows."""
         device = int(context.node_config["partition-id"])
         content = RecordDict({"node": MetricRecord({"partition-id": device})})
-        logged = context.state.array_records.get("private-history")
+        context.state.pop("private", None)
+        logged = context.state.pop("private-history", None)
         if logged is not None:
             content["history"] = logged
         return Message(content, reply_to=message)
@@ -234,62 +258,46 @@ def _client_app(payload_ref: Any) -> Any:
     return app
 
 
+@dataclass
+class _Capture:
+    """What the ServerApp records of one strategy's run while it goes (``FlowerRun``'s fields)."""
+
+    models: list[ParamStack] = field(default_factory=list)
+    trained: list[list[int]] = field(default_factory=list)
+    sent: set[str] = field(default_factory=set)
+    private_rows: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
 def _server_app(
     workload: Workload,
+    strategies: list[FlowerStrategy],
     participation: float,
     idle: np.ndarray | None,
     label: str,
-    captured: list[ParamStack],
-    trained: list[list[int]],
-    sent: set[str],
-    private_rows: dict[int, dict[str, torch.Tensor]],
+    captures: list[_Capture],
 ) -> Any:
-    """A ServerApp running Flower's FedAvg for ``workload.rounds`` rounds, keeping every global model
-    (and, with private parameters, reading the nodes' logged rows once the rounds are over)."""
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+    """A ServerApp running each of Flower's ``strategies`` in turn for ``workload.rounds`` rounds, keeping
+    every global model in its ``captures`` entry (and, with private parameters, reading the nodes' logged
+    rows once a strategy's rounds are over)."""
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
 
     devices = workload.devices
     count = len(participants(workload.seed, 1, devices, participation, idle))
+    dtypes = {name: tensor.dtype for name, tensor in workload.initial.items()}
 
-    def record_trained(replies: list[RecordDict], weight_key: str) -> MetricRecord:
-        """Called once per round with the replies Flower aggregates: note whose they were."""
-        trained.append(sorted(cast(int, next(iter(r.metric_records.values()))["partition-id"]) for r in replies))
-        sent.update(name for r in replies for record in r.array_records.values() for name in record)
-        return MetricRecord({"clients": len(replies)})
+    def options(capture: _Capture) -> dict[str, Any]:
+        """Every strategy's FedAvg options, with a metrics hook that records into ``capture``."""
 
-    def keep_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Flower's centralised evaluation hook: keep the model (accuracy is measured in-engine),
-        and stop the run at the first round whose aggregate missed a device (Flower would go on)."""
-        if server_round > 0:
-            _check_round(workload, participation, idle, label, server_round, trained)
-        captured.append({name: t.clone() for name, t in arrays.to_torch_state_dict().items()})
-        return None
+        def record_trained(replies: list[RecordDict], weight_key: str) -> MetricRecord:
+            """Called once per round with the replies Flower aggregates: note whose they were."""
+            replied = (cast(int, next(iter(r.metric_records.values()))["partition-id"]) for r in replies)
+            capture.trained.append(sorted(replied))
+            capture.sent.update(name for r in replies for record in r.array_records.values() for name in record)
+            return MetricRecord({"clients": len(replies)})
 
-    class SeededFedAvg(FedAvg):
-        """Flower's FedAvg, training the in-engine FedAvg's sampled devices instead of a random draw."""
-
-        def __init__(self, node_of_device: dict[int, int], **options: Any) -> None:
-            super().__init__(**options)
-            self.node_of_device = node_of_device
-
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> list[Message]:
-            config["server-round"] = server_round
-            content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-            chosen = participants(workload.seed, server_round, devices, participation, idle)
-            return [
-                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=self.node_of_device[int(d)])
-                for d in chosen
-            ]
-
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Any) -> None:
-        options: dict[str, Any] = {
+        return {
             "fraction_train": participation,
             "fraction_evaluate": 0.0,
             "min_train_nodes": count,
@@ -297,14 +305,47 @@ def _server_app(
             "min_available_nodes": devices,
             "train_metrics_aggr_fn": record_trained,
         }
-        if participation >= 1 and idle is None:
-            strategy = FedAvg(**options)
-        else:
-            strategy = SeededFedAvg(_map_devices(grid, devices, label), **options)
-        initial = ArrayRecord({name: tensor.clone() for name, tensor in workload.shared(workload.initial).items()})
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=workload.rounds, evaluate_fn=keep_global)
-        if workload.private:
-            private_rows.update(_collect_private_rows(grid, devices, label))
+
+    def keeper(capture: _Capture) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+        """Flower's ``evaluate_fn`` for one strategy, keeping its models in ``capture``."""
+
+        def keep_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            """Flower's centralised evaluation hook: keep the model (accuracy is measured in-engine) in the
+            clients' dtypes, and stop the run at the first round whose aggregate missed a device (Flower
+            would go on)."""
+            if server_round > 0:
+                _check_round(workload, participation, idle, label, server_round, capture.trained)
+            capture.models.append({k: t.to(dtypes[k], copy=True) for k, t in arrays.to_torch_state_dict().items()})
+            return None
+
+        return keep_global
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Any) -> None:
+        sampled: Callable[[int], list[int]] | None = None
+        if participation < 1 or idle is not None:
+            node_of_device = _map_devices(grid, devices, label)
+
+            def chosen_nodes(server_round: int) -> list[int]:
+                """The nodes of the devices the in-engine FedAvg samples in ``server_round``."""
+                chosen = participants(workload.seed, server_round, devices, participation, idle)
+                return [node_of_device[int(device)] for device in chosen]
+
+            sampled = chosen_nodes
+
+        shared = workload.shared(workload.initial)
+        for spec in strategies:
+            capture = _Capture()
+            captures.append(capture)
+            strategy = build_strategy(spec, options(capture), sampled)
+            initial = ArrayRecord({name: tensor.clone() for name, tensor in shared.items()})
+            started = time.perf_counter()
+            strategy.start(grid=grid, initial_arrays=initial, num_rounds=workload.rounds, evaluate_fn=keeper(capture))
+            capture.wall_s = time.perf_counter() - started
+            if workload.private:
+                capture.private_rows.update(_collect_private_rows(grid, devices, label))
 
     return app
 
@@ -380,21 +421,25 @@ def _collect_private_rows(grid: Any, devices: int, label: str) -> dict[int, dict
     return rows
 
 
-def run_flower_fedavg(
+def run_flower_strategies(
     workload: Workload,
+    strategies: Sequence[FlowerStrategy],
     *,
     participation: float = 1.0,
     idle: np.ndarray | None = None,
     weighted: bool = True,
     num_cpus: int | None = None,
     label: str = "flower",
-) -> FlowerRun:
-    """Run Flower's FedAvg for ``workload.rounds`` rounds on its Ray backend and return every global model."""
+) -> list[FlowerRun]:
+    """Run each of Flower's ``strategies`` in turn for ``workload.rounds`` rounds, in ONE simulation on
+    Flower's Ray backend (Ray starts once), and return every global model of each.
+
+    Each strategy starts from the initial model, and each node from its initial private rows (the
+    end-of-run query clears them), so a run is the one ``run_flower`` would give alone.
+    """
+    specs = [with_client_lr(strategy, workload.train.lr, label) for strategy in strategies]
     cores = num_cpus or len(os.sched_getaffinity(0))
-    captured: list[ParamStack] = []
-    trained: list[list[int]] = []
-    sent: set[str] = set()
-    private_rows: dict[int, dict[str, torch.Tensor]] = {}
+    captures: list[_Capture] = []
     with guest_environment():
         with warnings.catch_warnings():  # flwr's CLI dependency (typer) warns about click on import
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -415,7 +460,7 @@ def run_flower_fedavg(
                 payload = ray.put(_client_payload(workload, weighted))
                 started = time.perf_counter()
                 run_simulation(
-                    server_app=_server_app(workload, participation, idle, label, captured, trained, sent, private_rows),
+                    server_app=_server_app(workload, specs, participation, idle, label, captures),
                     client_app=_client_app(payload),
                     num_supernodes=workload.devices,
                     backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
@@ -425,14 +470,39 @@ def run_flower_fedavg(
                 if ray.is_initialized():  # Flower shuts Ray down itself unless it failed first
                     ray.shutdown()
     logger.info(
-        "flower: %d rounds on %d devices took %.1f s of real time (Ray on %d CPUs, logs in %s)",
+        "flower %s: %d rounds on %d devices took %.1f s of real time (Ray on %d CPUs, logs in %s)",
+        ", ".join(spec.name for spec in specs),
         workload.rounds,
         workload.devices,
         wall,
         cores,
         session_dir,
     )
-    return FlowerRun(captured, trained, wall, session_dir, frozenset(sent), private_rows)
+    return [FlowerRun(c.models, c.trained, c.wall_s, session_dir, frozenset(c.sent), c.private_rows) for c in captures]
+
+
+def run_flower(
+    workload: Workload,
+    *,
+    strategy: FlowerStrategy | None = None,
+    participation: float = 1.0,
+    idle: np.ndarray | None = None,
+    weighted: bool = True,
+    num_cpus: int | None = None,
+    label: str = "flower",
+) -> FlowerRun:
+    """Run Flower's ``strategy`` (default: FedAvg) for ``workload.rounds`` rounds on its Ray backend and
+    return every global model."""
+    runs = run_flower_strategies(
+        workload,
+        [strategy or FlowerStrategy()],
+        participation=participation,
+        idle=idle,
+        weighted=weighted,
+        num_cpus=num_cpus,
+        label=label,
+    )
+    return runs[0]
 
 
 def _rows_by_round(
@@ -455,15 +525,23 @@ def _rows_by_round(
     return out
 
 
-class FlowerFedAvg(Protocol):
-    """FedAvg run by Flower in ``setup``; rounds replayed with in-engine FedAvg's simulated costs."""
+class FlowerProtocol(Protocol):
+    """A Flower strategy run by Flower in ``setup``; rounds replayed with in-engine FedAvg's simulated costs."""
 
     def __init__(
-        self, label: str, *, server: str | int, participation: float, weighted: bool, server_trains: bool
+        self,
+        label: str,
+        *,
+        strategy: FlowerStrategy,
+        server: str | int,
+        participation: float,
+        weighted: bool,
+        server_trains: bool,
     ) -> None:
         super().__init__(label)
         if not 0 < participation <= 1:
             raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
+        self.strategy = strategy
         self._server = server
         self._participation = participation
         self._weighted = weighted
@@ -482,8 +560,13 @@ class FlowerFedAvg(Protocol):
         self.tree: AggregationTree = star_tree(workload.devices, server)
         self.network.prepare(int(h) for h in self.tree.heads[0])
         self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
-        self.run = run_flower_fedavg(
-            workload, participation=self._participation, idle=self.idle, weighted=self._weighted, label=self.label
+        self.run = run_flower(
+            workload,
+            strategy=self.strategy,
+            participation=self._participation,
+            idle=self.idle,
+            weighted=self._weighted,
+            label=self.label,
         )
         for index in range(1, workload.rounds + 1):  # the ServerApp checked already; a run cut short shows here
             _check_round(workload, self._participation, self.idle, self.label, index, self.run.trained)
@@ -590,13 +673,40 @@ class FlowerFedAvg(Protocol):
 def flower(
     label: str,
     *,
+    strategy: StrategyName = "FedAvg",
     server: str | int = "auto",
     participation: float = 1.0,
     weighted: bool = True,
     server_trains: bool = False,
+    proximal_mu: float | None = None,
+    server_learning_rate: float | None = None,
+    server_momentum: float | None = None,
+    eta: float | None = None,
+    eta_l: float | None = None,
+    beta_1: float | None = None,
+    beta_2: float | None = None,
+    tau: float | None = None,
 ) -> Protocol:
-    """FedAvg on Flower's simulation engine; ``weighted=True`` is Flower's example-count weighting;
-    ``server_trains`` as for in-engine ``fedavg``."""
-    return FlowerFedAvg(
-        label, server=server, participation=participation, weighted=weighted, server_trains=server_trains
+    """Flower's ``strategy`` on Flower's simulation engine. Its options, Flower's names (None: Flower's
+    default): FedProx ``proximal_mu``; FedAvgM ``server_learning_rate``, ``server_momentum``; FedAdam and
+    FedYogi ``eta``, ``eta_l`` (must be train.lr), ``beta_1``, ``beta_2``, ``tau``; FedAdagrad ``eta``,
+    ``eta_l``, ``tau``. ``weighted=True`` is Flower's example-count weighting; ``server_trains`` as for
+    in-engine ``fedavg``."""
+    given = {
+        "proximal_mu": proximal_mu,
+        "server_learning_rate": server_learning_rate,
+        "server_momentum": server_momentum,
+        "eta": eta,
+        "eta_l": eta_l,
+        "beta_1": beta_1,
+        "beta_2": beta_2,
+        "tau": tau,
+    }
+    return FlowerProtocol(
+        label,
+        strategy=strategy_from_options(label, strategy, given),
+        server=server,
+        participation=participation,
+        weighted=weighted,
+        server_trains=server_trains,
     )

@@ -378,14 +378,10 @@ class GossipProtocol(Protocol):
             delay = np.ones(len(senders), dtype=np.int64)
         if len(senders):
             picked = torch.from_numpy(senders)
-            self.in_flight.append(
-                InFlight(
-                    round_index + delay,
-                    peers,
-                    self.ages[picked],
-                    {name: tensor[picked] for name, tensor in workload.shared(self.params).items()},
-                )
-            )
+            whole = len(senders) == devices  # the models themselves: rounds replace, never modify, them
+            shared = workload.shared(self.params)
+            carried = shared if whole else {name: tensor[picked] for name, tensor in shared.items()}
+            self.in_flight.append(InFlight(round_index + delay, peers, self.ages[picked], carried))
         self.senders = senders
         late = int(np.count_nonzero(delay > 1))
         self.pushes += len(senders)
@@ -401,7 +397,7 @@ class GossipProtocol(Protocol):
         for batch in self.in_flight:
             now = batch.due == round_index
             if now.any():
-                arrived.append(batch.subset(now))
+                arrived.append(batch if now.all() else batch.subset(now))
             if not now.all():
                 waiting.append(batch.subset(~now))
         self.in_flight = waiting
@@ -413,7 +409,10 @@ class GossipProtocol(Protocol):
             kept = torch.from_numpy(keep)
             peers = torch.from_numpy(receivers[keep])
             sent_ages = torch.cat([batch.ages for batch in arrived])[kept]
-            sent = {name: torch.cat([batch.params[name] for batch in arrived])[kept] for name in arrived[0].params}
+            if len(arrived) == 1 and keep.all():  # no copy of whole models when nothing is left out
+                sent = arrived[0].params
+            else:
+                sent = {name: torch.cat([b.params[name] for b in arrived])[kept] for name in arrived[0].params}
             aged = self._merge == "age"
             # only shared parameters travel; private ones (user embeddings) stay as their device holds them
             merged = merge_models(

@@ -21,7 +21,8 @@ from etree.engine.registry import register_protocol
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
 from etree.network.placement import delay_medoid
-from etree.trees.hierarchical import TreeProtocol
+from etree.trees.hierarchical import LocalObjective, TreeProtocol
+from etree.trees.server_opt import server_optimizer
 from etree.trees.tree import AggregationTree
 
 
@@ -92,10 +93,31 @@ def hierfavg(
     weighted: bool = True,
     participation: float = 1.0,
     edge_servers: int | None = None,
+    local: LocalObjective = "sgd",
+    mu: float = 0.01,
+    server_opt: str = "none",
+    server_lr: float | None = None,
+    server_momentum: float | None = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    tau: float | None = None,
+    item_merge: str = "touched",
 ) -> Protocol:
     """HierFAVG (Liu et al., ICC 2020): edge aggregation every ``kappa1`` local epochs, cloud
     aggregation every ``kappa2`` edge aggregations. ``edge_servers`` is used only on
-    topologies without ``role="edge"`` nodes (see ``edge_cloud_tree``)."""
+    topologies without ``role="edge"`` nodes (see ``edge_cloud_tree``). ``local = "fedprox"``
+    trains with FedProx's proximal term (weight ``mu``) toward the model each device received.
+    ``server_opt`` steps the cloud with a server optimizer (``"avgm"``: FedAvgM, Hsu et al. 2019;
+    ``"adam"``, ``"yogi"``, ``"adagrad"``: Reddi et al., ICLR 2021) tuned by ``server_lr``,
+    ``server_momentum``, ``beta1``, ``beta2``, ``tau`` (None: the kind's default, Flower's;
+    ``etree.trees.server_opt``).
+    ``item_merge`` (recommenders): ``"touched"`` (default) sends each device's touched item rows and
+    averages each row over its senders (FCF), ``"dense"`` averages whole item tables
+    (``etree.trees.sparse_rows``).
+    """
+    opt = server_optimizer(
+        label, server_opt, lr=server_lr, momentum=server_momentum, beta1=beta1, beta2=beta2, tau=tau
+    )
     ratios = [_positive_int(label, "kappa1", kappa1), _positive_int(label, "kappa2", kappa2)]
     if edge_servers is not None:
         _positive_int(label, "edge_servers", edge_servers)
@@ -103,4 +125,14 @@ def hierfavg(
     def build(workload: Workload, network: NetworkModel) -> AggregationTree:
         return edge_cloud_tree(workload, network, edge_servers, label)
 
-    return TreeProtocol(label, build, ratios=ratios, weighted=weighted, participation=participation)
+    return TreeProtocol(
+        label,
+        build,
+        ratios=ratios,
+        weighted=weighted,
+        participation=participation,
+        local=local,
+        mu=mu,
+        server_opt=opt,
+        item_merge=item_merge,
+    )

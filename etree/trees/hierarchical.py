@@ -14,7 +14,9 @@ to and from the other heads are counted. On the way down it takes the plain
 mean of the K cluster models (``public_merge="mean"``) or its home cluster's
 model (``"home"``); both are GUESSes, the paper does not say.
 
-Numerics are batched (segment means over the device stack); timing runs on
+Numerics are batched (segment means over the device stack; a recommender's item rows, by
+default, are sparse uploads averaged per item over their senders, ``etree.trees.sparse_rows``,
+with no per-device item table); timing runs on
 the protocol run's simpy clock (``etree.trees.timing``): a head starts
 aggregating when its slowest expected child has arrived, and the network
 decides which updates make it (dropout, deadlines, crashes). Only delivered
@@ -34,7 +36,8 @@ aggregated and broadcast; there the two agree).
 
 Checkpoints (``state_dict``): the tree as failover left it, which clusters are
 lost, the model stack, which layer's models the devices hold, late updates held
-for the next aggregation, the root's last model once it is gone, the per-link
+for the next aggregation, the root's last model once it is gone, the root's server
+optimizer (its moments and the model it last pushed down, ``etree.trees.server_opt``), the per-link
 message counts and the structure's description (``tree.json``; E-Tree's comes
 from its builder, which a resumed run never calls: KMA and its pre-training are
 not rerun). Everything else (ancestor
@@ -45,8 +48,9 @@ and the workload. ``tree_state``/``tree_from_state`` and ``timing_state``/
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -63,10 +67,20 @@ from etree.engine.workload import Workload
 from etree.network.links import LinkLedger, LinkLoad
 from etree.network.model import NetworkModel
 from etree.trees.aggregation import broadcast, segment_mean
-from etree.trees.timing import TreeTiming, round_messages
+from etree.trees.server_opt import (
+    ServerOptimizer,
+    initial_state,
+    opt_state_dict,
+    opt_state_from_dict,
+    server_step,
+)
+from etree.trees.sparse_rows import ITEM_MERGES, SparseRows
+from etree.trees.timing import TreeTiming, round_bytes, round_messages
 from etree.trees.tree import AggregationTree
 
 TreeBuilder = Callable[[Workload, NetworkModel], AggregationTree]
+LocalObjective = Literal["sgd", "fedprox"]  # a tree protocol's ``local`` option (FedProx: Li et al. 2020)
+LOCAL_OBJECTIVES: tuple[str, ...] = get_args(LocalObjective)
 
 
 class TreeProtocol(Protocol):
@@ -83,7 +97,21 @@ class TreeProtocol(Protocol):
     ``aggregators_train=False``: devices that are aggregators (FedAvg's server
     when it is a device) neither train nor join the averages; they still
     receive, and hold, the model pushed down.
+    ``local`` is the devices' local objective: ``"sgd"``, or ``"fedprox"``, which adds
+    FedProx's proximal term mu/2 ||w - w_received||^2 (Li et al., MLSys 2020, Eq. 2) with
+    ``mu`` (unused with ``"sgd"``); classifiers only.
+    ``server_opt`` steps the root's model with a server optimizer (FedAvgM, FedAdam, FedYogi,
+    FedAdagrad: ``etree.trees.server_opt``) at every root aggregation, the pseudo-gradient being the
+    aggregate minus the model the root last pushed down (the initial model before the first); the
+    layers below average as they would without it. A top that never aggregates refuses one.
+    ``models_per_message`` is how many models one message carries (SCAFFOLD's 2: a model
+    and a control variate), so bytes and transfer times count all of them.
+    ``item_merge`` is how a recommender's item rows are aggregated: ``"touched"`` (devices send only
+    the rows they trained, each row averaged over its senders, FCF; ``etree.trees.sparse_rows``,
+    without per-device item tables) or ``"dense"`` (whole models averaged, as for any model).
     """
+
+    models_per_message = 1
 
     def __init__(
         self,
@@ -98,14 +126,31 @@ class TreeProtocol(Protocol):
         describe: Callable[[], dict[str, Any]] | None = None,
         failover: bool = False,
         aggregators_train: bool = True,
+        local: LocalObjective = "sgd",
+        mu: float = 0.01,
+        server_opt: ServerOptimizer | None = None,
+        item_merge: str = "touched",
     ) -> None:
         super().__init__(label)
+        if item_merge not in ITEM_MERGES:
+            raise ProtocolError(
+                f"protocols.{label}.item_merge: got {item_merge!r}; choose one of: {', '.join(ITEM_MERGES)}"
+            )
+        if server_opt is not None and not top_aggregates:
+            raise ProtocolError(
+                f"protocols.{label}.server_opt: got {server_opt.kind!r}; the top layer never aggregates, so there "
+                f"is no root step for a server optimizer to take"
+            )
         if ratios is not None and any(int(r) < 1 for r in ratios):
             raise ProtocolError(f"protocols.{label}.ratios: got {list(ratios)}; every ratio must be >= 1")
         if not 0 < participation <= 1:
             raise ProtocolError(f"protocols.{label}.participation: got {participation}; must be in (0, 1]")
         if public_merge not in ("mean", "home"):
             raise ProtocolError(f"protocols.{label}.public_merge: got {public_merge!r}; choose 'mean' or 'home'")
+        if local not in LOCAL_OBJECTIVES:
+            raise ProtocolError(f"protocols.{label}.local: got {local!r}; choose one of: {', '.join(LOCAL_OBJECTIVES)}")
+        if not mu >= 0:
+            raise ProtocolError(f"protocols.{label}.mu: got {mu}; FedProx's mu must be >= 0")
         self._build_tree = build_tree
         self._ratios = None if ratios is None else [int(r) for r in ratios]
         self._weighted = weighted
@@ -115,16 +160,28 @@ class TreeProtocol(Protocol):
         self._describe = describe
         self._failover = failover
         self._aggregators_train = aggregators_train
+        self._local = local
+        self._mu = float(mu)
+        self._server_opt = server_opt
+        self._item_merge = item_merge
 
     # -- hooks -------------------------------------------------------------
     def setup(self, workload: Workload) -> None:
         self.workload = workload
+        if self._local == "fedprox" and workload.recommender:
+            raise ProtocolError(
+                f"protocols.{self.label}.local: got 'fedprox'; a recommender's sparse row updates have no "
+                f"proximal term here: use local = 'sgd'"
+            )
         self.network = NetworkModel(workload.graph)
         self._attach(self._build_tree(workload, self.network))
-        self.params = replicate(workload.initial, workload.devices)
+        self.params = {} if self.sparse is not None else replicate(workload.initial, workload.devices)
         self._held_layer = self.tree.depth  # devices hold the layer-l models (0: their own); all start alike
         self._stale: tuple[torch.Tensor, ParamStack] | None = None  # late updates kept for the next aggregation
         self._frozen: ParamStack | None = None  # the root's last model, once the root is lost for good
+        # the server optimizer's moments and the model the root last pushed down (initially the initial model)
+        shared = {k: v.unsqueeze(0) for k, v in workload.shared(workload.initial).items()}
+        self._opt_state = None if self._server_opt is None else initial_state(self._server_opt, shared)
         # the builder's description (it alone knows how the tree came about), kept as the checkpoint keeps it
         self._description = self._describe() if self._describe is not None else None
 
@@ -143,10 +200,12 @@ class TreeProtocol(Protocol):
         self.ancestors = [torch.from_numpy(self.tree.ancestors(layer)) for layer in range(1, self.tree.depth + 1)]
         self.weights = workload.data.counts.to(torch.float32) if self._weighted else None
         self._setup_public()
-        self.ledger = LinkLedger(self.network, workload.wire_bytes)
-        self.timing = TreeTiming(
-            self.tree, self.network, self.clock, workload.wire_bytes, failover=self._failover, ledger=self.ledger
-        )
+        size = self.models_per_message * workload.wire_bytes
+        self.ledger = LinkLedger(self.network, size)
+        self.timing = TreeTiming(self.tree, self.network, self.clock, size, failover=self._failover, ledger=self.ledger)
+        self.sparse: SparseRows | None = None  # a recommender's item rows, sparse (``item_merge = "touched"``)
+        if workload.recommender and self._item_merge == "touched":
+            self.sparse = SparseRows(workload, tree, weighted=self._weighted, public_merge=self._public_merge)
 
     def run_round(self, round_index: int) -> RoundCost:
         active = self._participants(round_index)
@@ -157,19 +216,26 @@ class TreeProtocol(Protocol):
             active = torch.from_numpy(ids)
         top = self._top_layer(round_index)
         public_down = self._public_merge == "mean" and top < self.tree.depth
+        sizes = self.sparse.plan(active, round_index) if self.sparse is not None and top and len(ids) else None
         if self.workload.network.timing:
             compute = self.network.compute_s(ids, self.workload.epoch_flops[ids])
-            outcome = self.timing.run_round(ids, compute, top, public_down)
+            outcome = self.timing.run_round(ids, compute, top, public_down, sizes)
             self.tree = self.timing.tree
             duration, messages, top = outcome.duration_s, outcome.messages, outcome.top
             delivered, late = outcome.delivered, outcome.late
+            sent = messages * self.timing.size if sizes is None else outcome.bytes_sent
         else:
             duration, messages = 0.0, round_messages(self.tree, ids, top, public_down)
             delivered, late = np.ones(len(ids), dtype=bool), np.zeros(len(ids), dtype=bool)
-        cost = RoundCost(duration, messages * self.workload.wire_bytes, messages, clocked=True)
+            sent = messages * self.timing.size
+            if sizes is not None:
+                sent = round_bytes(self.tree, ids, top, public_down, sizes, self.timing.down_size)
+        cost = RoundCost(duration, sent, messages, clocked=True)
+        if self.sparse is not None:
+            return self._rows_round(cost, active, delivered, late, top, round_index)
         if len(ids):
-            trained = self.workload.train_devices({k: v[active] for k, v in self.params.items()}, active, round_index)
             kept = torch.from_numpy(delivered)
+            trained = self._train(active, kept, round_index)
             for name, tensor in trained.items():
                 self.params[name][active[kept]] = tensor[kept]
             for name in self.workload.private:  # private rows never travel: a lost upload does not undo them
@@ -179,12 +245,16 @@ class TreeProtocol(Protocol):
                     active[torch.from_numpy(late)], {k: v[torch.from_numpy(late)] for k, v in trained.items()}
                 )
         if self.timing.cap < self.tree.depth and self._frozen is None:
-            self._frozen = self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+            self._frozen = self.root_model()
         if top == 0:
             if len(ids):
                 self._held_layer = 0  # local epochs only: every device holds what it trained
             return cost
+        heard = bool(delivered.any()) or self._stale is not None  # the root steps only on fresh updates
         levels = self._aggregate(active[torch.from_numpy(delivered)], top, stale=True)
+        if top == self.tree.depth and self._server_opt is not None and self._opt_state is not None and heard:
+            self._opt_state = server_step(self._server_opt, self._opt_state, levels[-1])
+            levels[-1] = self._opt_state.model
         pushed = broadcast(levels[top - 1], self.ancestors[top - 1])  # gathers: fresh tensors
         if len(self.public) and self._public_merge == "mean" and top < self.tree.depth:
             # each public node hears all K heads and keeps the plain mean of what they push down
@@ -208,6 +278,8 @@ class TreeProtocol(Protocol):
 
     def device_models(self) -> DeviceModels:
         """Every device with the shared model it holds and its own private rows."""
+        if self.sparse is not None:
+            return self.sparse.device_models(self._held_layer)
         shared, groups = self._held()
         private = {name: self.params[name] for name in self.workload.private}
         return DeviceModels(shared, groups, private, torch.arange(self.workload.devices))
@@ -225,7 +297,7 @@ class TreeProtocol(Protocol):
         if workload.recommender:
             assert isinstance(workload.data, InteractionFleet)
             devices = torch.arange(workload.devices)
-            private = {name: self.params[name] for name in workload.private}
+            private = self.sparse.private if self.sparse is not None else {n: self.params[n] for n in workload.private}
             every = DeviceModels(root, torch.zeros(len(devices), dtype=torch.int64), private, devices)
             scores = evaluate_devices(workload.model, every, workload.data)
             return metrics | {f"root_{name}": value for name, value in scores.items()}
@@ -238,10 +310,19 @@ class TreeProtocol(Protocol):
 
     def root_model(self) -> ParamStack:
         """The model the root would hold if it aggregated every device's model now, as a stack of one
-        (once the root is lost for good: the model it last held)."""
+        (once the root is lost for good: the model it last held). With a server optimizer, its step
+        applied (not taken); right after a root aggregation, the model the root pushed down."""
         if self._frozen is not None:
             return self._frozen
-        return self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+        if self._opt_state is not None and self._held_layer == self.tree.depth:
+            return self._opt_state.model
+        if self.sparse is not None:
+            aggregate = self.sparse.root_model()
+        else:
+            aggregate = self._aggregate(torch.arange(self.workload.devices), self.tree.depth)[-1]
+        if self._server_opt is None or self._opt_state is None:
+            return aggregate
+        return server_step(self._server_opt, self._opt_state, aggregate).model
 
     def structure(self) -> dict[str, Any]:
         return self._description if self._description is not None else self.tree.to_dict()
@@ -274,6 +355,8 @@ class TreeProtocol(Protocol):
             "frozen": self._frozen,
             "ledger": ledger_state(self.ledger),
             "description": self._description,
+            "server_opt": None if self._opt_state is None else opt_state_dict(self._opt_state),
+            "rows": None if self.sparse is None else self.sparse.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -282,7 +365,13 @@ class TreeProtocol(Protocol):
         self._attach(tree_from_state(state["tree"], workload.graph.number_of_nodes(), workload.devices))
         load_timing_state(self.timing, state["timing"])
         load_ledger_state(self.ledger, state["ledger"])
-        self.params = stack_like(state["params"], workload.initial, "params", rows=workload.devices)
+        if (state.get("rows") is None) != (self.sparse is None):
+            raise CheckpointError("rows: sparse item rows saved for a dense run, or missing for a sparse one")
+        if self.sparse is not None:
+            self.params = {}
+            self.sparse.load_state_dict(state["rows"])
+        else:
+            self.params = stack_like(state["params"], workload.initial, "params", rows=workload.devices)
         self._held_layer = expect(state["held_layer"], int, "held_layer")
         if not 0 <= self._held_layer <= self.tree.depth:
             raise CheckpointError(f"held_layer: got {self._held_layer}, the tree has {self.tree.depth} layer(s)")
@@ -298,8 +387,49 @@ class TreeProtocol(Protocol):
         if (description is None) != (self._describe is None):
             raise CheckpointError("description: saved for a protocol without one, or missing for one with one")
         self._description = None if description is None else expect(description, dict, "description")
+        saved_opt = state.get("server_opt")
+        if (saved_opt is None) != (self._server_opt is None):
+            raise CheckpointError("server_opt: saved for a protocol without a server optimizer, or missing for one")
+        self._opt_state = None
+        if self._server_opt is not None:
+            self._opt_state = opt_state_from_dict(saved_opt, self._server_opt, shared, "server_opt")
 
     # -- numerics ----------------------------------------------------------
+    def _rows_round(
+        self, cost: RoundCost, active: torch.Tensor, delivered: np.ndarray, late: np.ndarray, top: int, round_index: int
+    ) -> RoundCost:
+        """``run_round``'s numerics with a recommender's sparse item rows (``etree.trees.sparse_rows``)."""
+        rows = self.sparse
+        assert rows is not None
+        sent = rows.train(active, round_index) if len(active) else None
+        keep_late = sent is not None and bool(late.any()) and self.workload.network.late == "stale"
+        if self.timing.cap < self.tree.depth and self._frozen is None:
+            self._frozen = self.root_model()
+        if top == 0:
+            if sent is not None:
+                rows.hold_own(sent)
+                self._held_layer = 0  # local epochs only: every device holds what it trained
+            return cost
+        heard = bool(delivered.any()) or rows.stale is not None  # the root steps only on fresh updates
+        fresh = None if sent is None else sent.take(torch.from_numpy(np.flatnonzero(delivered)))
+        levels = rows.aggregate(fresh, top, stale=True)  # with the late uploads of earlier rounds
+        if keep_late and sent is not None:  # this round's late uploads wait for the next aggregation
+            rows.keep_stale(sent.take(torch.from_numpy(np.flatnonzero(late))))
+        if top == self.tree.depth and self._server_opt is not None and self._opt_state is not None and heard:
+            self._opt_state = server_step(self._server_opt, self._opt_state, levels[-1][0])
+            levels[-1] = (self._opt_state.model, levels[-1][1])
+        rows.push(levels, top)
+        self._held_layer = top
+        events = {"root_aggregations": 1.0} if top == self.tree.depth else {}
+        return RoundCost(cost.duration_s, cost.bytes_sent, cost.messages, events, clocked=True)
+
+    def _train(self, active: torch.Tensor, delivered: torch.Tensor, round_index: int) -> ParamStack:
+        """What the ``active`` devices upload after local training from the models they hold
+        (``delivered``: which uploads the layer-1 heads will use; plain local training ignores it,
+        SCAFFOLD's and FedNova's server steps need it)."""
+        config = None if self._local == "sgd" else dataclasses.replace(self.workload.train, prox_mu=self._mu)
+        return self.workload.train_devices(select(self.params, active), active, round_index, config=config)
+
     def _setup_public(self) -> None:
         """Rows a public node adds to the layer-1 segment mean: one per cluster other than its home."""
         tree = self.tree
@@ -342,6 +472,8 @@ class TreeProtocol(Protocol):
         Read off the model stack: after a push from layer l every member of a layer-l cluster
         holds the same model (public nodes, with ``public_merge="mean"`` below the root, one more),
         so one member's row stands for the group; after local epochs only, each device's own."""
+        if self.sparse is not None:  # after local epochs only: the models the devices start from
+            return self.sparse.held(self._held_layer)
         shared = self.workload.shared(self.params)
         devices = self.workload.devices
         if self._held_layer == 0:
@@ -467,9 +599,9 @@ def load_timing_state(timing: TreeTiming, state: Any) -> None:
 
 
 def ledger_state(ledger: LinkLedger) -> dict[str, Any]:
-    """A ``LinkLedger``'s message counts, sparse: its sources, how many targets each has, then the
-    targets and their counts, source after source."""
-    counts = ledger._counts  # the ledger's only state; etree.network.links keeps it to itself
+    """A ``LinkLedger``'s message counts and bytes, sparse: its sources, how many targets each has, then
+    the targets and their counts and bytes, source after source."""
+    counts, sent = ledger._counts, ledger._bytes  # the ledger's only state; etree.network.links keeps it
     sources = sorted(counts)
     targets = [np.flatnonzero(counts[source]) for source in sources]
     return {
@@ -478,6 +610,9 @@ def ledger_state(ledger: LinkLedger) -> dict[str, Any]:
         "targets": np.concatenate([np.zeros(0, dtype=np.int64), *targets]),
         "counts": np.concatenate(
             [np.zeros(0, dtype=np.int64), *(counts[s][t] for s, t in zip(sources, targets, strict=True))]
+        ),
+        "bytes": np.concatenate(
+            [np.zeros(0, dtype=np.float64), *(sent[s][t] for s, t in zip(sources, targets, strict=True))]
         ),
     }
 
@@ -490,10 +625,14 @@ def load_ledger_state(ledger: LinkLedger, state: Any) -> None:
     lengths = expect_array(state["lengths"], "ledger.lengths", np.int64, (len(sources),))
     targets = expect_ids(state["targets"], "ledger.targets", nodes)
     counts = expect_array(state["counts"], "ledger.counts", np.int64, (len(targets),))
+    sent = expect_array(state["bytes"], "ledger.bytes", np.float64, (len(targets),))
     if len(np.unique(sources)) != len(sources) or (lengths < 0).any() or lengths.sum() != len(targets):
         raise CheckpointError("ledger: needs distinct sources and one length per source, summing to the targets")
     rows: dict[int, np.ndarray] = {}
+    sizes: dict[int, np.ndarray] = {}
     for source, end, length in zip(sources.tolist(), np.cumsum(lengths).tolist(), lengths.tolist(), strict=True):
         rows[source] = np.zeros(nodes, dtype=np.int64)
         rows[source][targets[end - length : end]] = counts[end - length : end]
-    ledger._counts = rows
+        sizes[source] = np.zeros(nodes, dtype=np.float64)
+        sizes[source][targets[end - length : end]] = sent[end - length : end]
+    ledger._counts, ledger._bytes = rows, sizes

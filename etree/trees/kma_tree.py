@@ -18,7 +18,7 @@ from clients.classification.fleet import FleetData
 from etree.core.errors import ProtocolError
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
-from etree.trees.hierarchical import TreeProtocol
+from etree.trees.hierarchical import LocalObjective, TreeProtocol
 from etree.trees.kma import (
     Clustering,
     DelayOracle,
@@ -29,6 +29,7 @@ from etree.trees.kma import (
     public_set,
 )
 from etree.trees.public_nodes import select_public_nodes
+from etree.trees.server_opt import ServerOptimizer
 from etree.trees.tree import AggregationTree
 
 STREAM_TAG = 0xE7EE  # mixed with the workload seed: E-Tree's own streams, shared by etree and grouped
@@ -310,6 +311,10 @@ def kma_tree_protocol(
     participation: float,
     public_merge: str,
     top_aggregates: bool = True,
+    local: LocalObjective = "sgd",
+    mu: float = 0.01,
+    server_opt: ServerOptimizer | None = None,
+    item_merge: str = "touched",
 ) -> TreeProtocol:
     """The round engine over the KMA tree, shared by ``etree`` and ``grouped`` (which differ only in
     whether the top layer aggregates); a crashed head is replaced by the next delay-medoid of its cluster."""
@@ -324,4 +329,8 @@ def kma_tree_protocol(
         public_merge=public_merge,
         describe=builder.describe,
         failover=True,
+        local=local,
+        mu=mu,
+        server_opt=server_opt,
+        item_merge=item_merge,
     )

@@ -26,7 +26,7 @@ Fault semantics (choices the E-Tree paper leaves open):
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -51,6 +51,21 @@ class RoundOutcome:
     delivered: np.ndarray  # per active device: its update made it into its layer-1 aggregate
     late: np.ndarray  # per active device: its upload missed the deadline
     top: int  # the highest layer that actually aggregated
+    bytes_sent: int = 0  # the bytes of those messages
+
+
+@dataclass(frozen=True)
+class MessageSizes:
+    """Bytes of a round's uploads when they are not one model each (a recommender's touched item
+    rows, ``etree.trees.sparse_rows``); pushes down stay ``down_size``.
+
+    ``uploads[i]``: the upload of the round's active device i. ``aggregate(level, k, parts)``: the
+    upload of aggregator k of layer level+1, given what it aggregated this round: the positions
+    (into the active devices) of the uploads it used (level 0), or the child aggregators it heard.
+    """
+
+    uploads: np.ndarray
+    aggregate: Callable[[int, int, np.ndarray], int]
 
 
 class TreeTiming:
@@ -65,11 +80,13 @@ class TreeTiming:
         *,
         failover: bool,
         ledger: LinkLedger | None = None,
+        down_size: int | None = None,
     ) -> None:
         self.tree = tree
         self.network = network
         self.clock = clock
         self.size = size
+        self.down_size = size if down_size is None else down_size  # bytes of a message pushed down (IFCA: k models)
         self.failover = failover
         self.ledger = ledger
         conditions = clock.conditions
@@ -79,6 +96,7 @@ class TreeTiming:
         self.lost: list[set[int]] = [set() for _ in tree.heads]  # clusters whose head died, not replaced
         self.cap = tree.depth  # highest layer that can still aggregate
         self._messages = 0
+        self._bytes = 0.0
 
     # -- state the protocol reads ------------------------------------------
     def orphaned(self, devices: np.ndarray) -> np.ndarray:
@@ -88,16 +106,20 @@ class TreeTiming:
         return np.isin(self.tree.parents[0][devices], np.fromiter(self.lost[0], dtype=np.int64))
 
     # -- the round ---------------------------------------------------------
-    def run_round(self, active: np.ndarray, compute_s: np.ndarray, top: int, public_down: bool) -> RoundOutcome:
-        """Simulate one round (``active`` devices, their compute seconds, layers up to ``top``)."""
-        return self.clock.run(self._round(active, compute_s, min(top, self.cap), public_down))
+    def run_round(
+        self, active: np.ndarray, compute_s: np.ndarray, top: int, public_down: bool, sizes: MessageSizes | None = None
+    ) -> RoundOutcome:
+        """Simulate one round (``active`` devices, their compute seconds, layers up to ``top``; uploads of
+        ``sizes`` bytes, default ``size`` each)."""
+        return self.clock.run(self._round(active, compute_s, min(top, self.cap), public_down, sizes))
 
     def _round(
-        self, active: np.ndarray, compute_s: np.ndarray, top: int, public_down: bool
+        self, active: np.ndarray, compute_s: np.ndarray, top: int, public_down: bool, sizes: MessageSizes | None
     ) -> Generator[simpy.Event, Any, RoundOutcome]:
         env = self.clock.env
         start = env.now
         self._messages = 0
+        self._bytes = 0.0
         delivered = np.zeros(len(active), dtype=bool)
         late = np.zeros(len(active), dtype=bool)
         if not len(active):  # nobody can work: devices wait on an aggregator that never answers
@@ -117,31 +139,38 @@ class TreeTiming:
                 continue
             rows = np.flatnonzero((cluster == k) | (shared & (cluster != k)))  # members, then public guests
             if len(rows):
-                gathers[k] = (rows, env.process(self.gather_rows(0, k, active[rows], ready[rows], deadline)))
+                up = None if sizes is None else sizes.uploads[rows]
+                gathers[k] = (rows, env.process(self.gather_rows(0, k, active[rows], ready[rows], deadline, up)))
         if gathers:
             yield env.all_of([p for _, p in gathers.values()])
         done: dict[int, float] = {}
+        used: dict[int, np.ndarray] = {}  # what each aggregator of the layer below aggregated (MessageSizes)
         for k, (rows, process) in gathers.items():
             at, on_time, past = cast(Gathered, process.value)
             home = cluster[rows] == k
             late[rows[home]] = past[home]
             if at is not None:
                 done[k] = at
+                used[k] = rows[on_time]
                 delivered[rows[home]] = on_time[home]
         levels = [done]
         for level in range(1, top):
             parent = self.tree.parents[level]
             ups: dict[int, simpy.Process] = {}
+            parts: dict[int, np.ndarray] = {}
             for g in range(len(self.tree.heads[level])):
                 sending = [c for c in np.flatnonzero(parent == g).tolist() if c in levels[-1]]
                 if g in self.lost[level] or not sending:
                     continue
                 senders = self.tree.heads[level - 1][sending]
                 sent = np.array([levels[-1][c] for c in sending])
-                ups[g] = env.process(self.gather_rows(level, g, senders, sent, np.inf))
+                up = None if sizes is None else np.array([sizes.aggregate(level - 1, c, used[c]) for c in sending])
+                ups[g] = env.process(self.gather_rows(level, g, senders, sent, np.inf, up))
+                parts[g] = np.array(sending, dtype=np.int64)
             if ups:
                 yield env.all_of(list(ups.values()))
             gathered = {g: cast(Gathered, p.value)[0] for g, p in ups.items()}
+            used = {g: parts[g][cast(Gathered, p.value)[1]] for g, p in ups.items()}
             above = {g: at for g, at in gathered.items() if at is not None}
             if not above:
                 if self.lost[level] and not self.failover:
@@ -156,7 +185,7 @@ class TreeTiming:
             nxt = dict(levels[level - 1])  # a child nobody above reached pushes its own model
             for g, at in sorted(down.items()):
                 mine = np.flatnonzero(parent == g)
-                arrive = self._transfer(int(above_heads[g]), children[mine], np.full(len(mine), at))
+                arrive = self._transfer(int(above_heads[g]), children[mine], np.full(len(mine), at), self.down_size)
                 nxt.update(zip(mine.tolist(), arrive.tolist(), strict=True))
             down = nxt
         heads = self.tree.heads[0]
@@ -168,18 +197,25 @@ class TreeTiming:
                 guests = self.tree.public[self.tree.parents[0][self.tree.public] != k]
                 targets = np.concatenate([targets, guests[self.clock.alive_mask(guests)]])
             if len(targets):
-                finish = max(finish, float(self._transfer(int(heads[k]), targets, np.full(len(targets), at)).max()))
+                pushed = self._transfer(int(heads[k]), targets, np.full(len(targets), at), self.down_size)
+                finish = max(finish, float(pushed.max()))
         yield env.timeout(max(0.0, finish - env.now))
-        return RoundOutcome(env.now - start, self._messages, delivered, late, reached)
+        return RoundOutcome(env.now - start, self._messages, delivered, late, reached, round(self._bytes))
 
     def gather_rows(
-        self, level: int, k: int, senders: np.ndarray, sent_at: np.ndarray, deadline: float
+        self,
+        level: int,
+        k: int,
+        senders: np.ndarray,
+        sent_at: np.ndarray,
+        deadline: float,
+        sizes: np.ndarray | None = None,
     ) -> Generator[simpy.Event, Any, Gathered]:
-        """Aggregator k of layer level+1 collects ``senders``' models; returns when it aggregated
-        (None: it did not), which uploads it used, and which were late."""
+        """Aggregator k of layer level+1 collects ``senders``' models (``sizes`` bytes each, default
+        ``size``); returns when it aggregated (None: it did not), which uploads it used, and which were late."""
         env = self.clock.env
         head = int(self.tree.heads[level][k])
-        arrive = self._transfer(head, senders, sent_at)
+        arrive = self._transfer(head, senders, sent_at, sizes)
         on_time = arrive <= deadline
         past = ~on_time
         wait = float(arrive.max()) if on_time.all() else deadline
@@ -192,22 +228,29 @@ class TreeTiming:
                 return None, np.zeros(len(senders), dtype=bool), past
             on_time &= self.clock.alive_mask(senders)
             if on_time.any():  # the children resend to the new head
-                again = self._transfer(new, senders[on_time], np.full(int(on_time.sum()), env.now))
+                resent = None if sizes is None else sizes[on_time]
+                again = self._transfer(new, senders[on_time], np.full(int(on_time.sum()), env.now), resent)
                 yield env.timeout(max(0.0, float(again.max()) - env.now))
         if not on_time.any():
             return None, on_time, past
         return env.now, on_time, past
 
-    def _transfer(self, node: int, others: np.ndarray, sent_at: np.ndarray) -> np.ndarray:
-        """Arrival times of one message each between ``node`` and ``others`` (either way), counted."""
-        arrive = sent_at + self.network.transfer_s(node, others, self.size)
+    def _transfer(
+        self, node: int, others: np.ndarray, sent_at: np.ndarray, size: int | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Arrival times of one message each (``size`` bytes, one or per message; default ``self.size``)
+        between ``node`` and ``others`` (either way), counted."""
+        size = self.size if size is None else size
+        arrive = sent_at + self.network.transfer_s(node, others, size)
         remote = others != node
         self._messages += int(remote.sum())
+        each = np.broadcast_to(np.asarray(size, dtype=np.float64), remote.shape)
+        self._bytes += float(each[remote].sum())
         if self.ledger is not None:
-            self.ledger.record(node, others[remote])
+            self.ledger.record(node, others[remote], each[remote])
         if self.contention and remote.sum() > 1:
             links = self.network.first_links(node, others)
-            service = 8.0 * self.size / self.network.link_bandwidth[np.maximum(links, 0)]
+            service = 8.0 * size / self.network.link_bandwidth[np.maximum(links, 0)]
             arrive = fifo_link_arrivals(arrive, links, service)
         return arrive
 
@@ -245,3 +288,31 @@ def round_messages(tree: AggregationTree, active: np.ndarray, top: int, public_d
     if public_down and top < tree.depth:
         messages += len(tree.public) * (clusters - 1)
     return messages
+
+
+def round_bytes(
+    tree: AggregationTree, active: np.ndarray, top: int, public_down: bool, sizes: MessageSizes, down_size: int
+) -> int:
+    """Bytes of the messages :func:`round_messages` counts, uploads as ``sizes`` gives them and every
+    push down ``down_size`` (``[network] timing = false``)."""
+    if top == 0 or not len(active):
+        return 0
+    heads0 = tree.heads[0]
+    cluster = tree.parents[0][active]
+    guest = np.isin(active, tree.public)
+    total = 0.0
+    used: dict[int, np.ndarray] = {}
+    for k in range(len(heads0)):
+        rows = np.flatnonzero((cluster == k) | (guest & (cluster != k)))
+        used[k] = rows
+        total += float(sizes.uploads[rows][active[rows] != heads0[k]].sum())
+    for level in range(1, top):
+        parent = tree.parents[level]
+        for c in np.flatnonzero(tree.heads[level - 1] != tree.heads[level][parent]).tolist():
+            total += sizes.aggregate(level - 1, c, used.get(c, np.zeros(0, dtype=np.int64)))
+        used = {g: np.flatnonzero(parent == g) for g in range(len(tree.heads[level]))}
+    downs = sum(int(np.sum(tree.heads[level - 1] != tree.heads[level][tree.parents[level]])) for level in range(1, top))
+    downs += int(np.sum(np.arange(tree.devices) != heads0[tree.parents[0]]))
+    if public_down and top < tree.depth:
+        downs += len(tree.public) * (len(heads0) - 1)
+    return round(total + downs * down_size)
