@@ -33,7 +33,10 @@ from experiments.runner import RunOutput
 from experiments.summary import render_summary
 from topologies import write_graphml
 
-GZIP_TOPOLOGY_ABOVE = 20_000  # nodes; 100,000 nodes are 183 MB of graphml, 20 MB gzipped (+20% write time)
+GZIP_TOPOLOGY_ABOVE = 20_000  # nodes; 100,000 nodes are 183 MB of graphml, 23 MB gzipped at level 1
+# nodes; a larger network is left out of the run folder: at 100,000 nodes (1.1 million links) its
+# gzipped graphml alone took 27 s to write, and the folder's spec.toml rebuilds it exactly from its seed
+WRITE_TOPOLOGY_UP_TO = 50_000
 
 
 def topology_file(nodes: int) -> str:
@@ -79,9 +82,9 @@ def links_csv(links: Mapping[str, LinkLoad]) -> str:
 
 
 def write_run(result: RunOutput, out_dir: Path, field: str = "out") -> Path:
-    """Write ``spec.toml``, ``metrics.csv``, ``links.csv``, ``tree.json``, ``topology.graphml[.gz]``,
-    ``summary.md``, plots and the marker; ``out_dir`` must be a folder etree may replace (``field``
-    names it in the error)."""
+    """Write ``spec.toml``, ``metrics.csv``, ``links.csv``, ``tree.json``, ``topology.graphml[.gz]``
+    (networks of up to ``WRITE_TOPOLOGY_UP_TO`` nodes), ``summary.md``, plots and the marker;
+    ``out_dir`` must be a folder etree may replace (``field`` names it in the error)."""
     from experiments.plots import convergence_figure, save_figure
     from experiments.tree_view import draw_tree
 
@@ -96,7 +99,8 @@ def write_run(result: RunOutput, out_dir: Path, field: str = "out") -> Path:
             (staging / "links.csv").write_text(links_csv(result.links))
         structure = {"partition": result.partition_summary, "protocols": result.structures}
         (staging / "tree.json").write_text(json.dumps(structure, indent=1) + "\n")
-        write_graphml(result.graph, staging / topology_file(result.graph.number_of_nodes()))
+        if result.graph.number_of_nodes() <= WRITE_TOPOLOGY_UP_TO:
+            write_graphml(result.graph, staging / topology_file(result.graph.number_of_nodes()))
         series = group_series(metric_rows(result.records))
         summary = render_summary(result.spec.to_dict(), series, result.structures, link_rows(result.links))
         (staging / "summary.md").write_text(summary)

@@ -61,7 +61,7 @@ def _odd_cnn():
 
 
 def _grouped_first():
-    """A grouped first convolution: oneDNN's grouped kernel, not im2col, even for the data."""
+    """A grouped first convolution on several input channels."""
     return nn.Sequential(
         nn.Unflatten(1, (4, 6, 6)),
         nn.Conv2d(4, 6, 3, padding=1, groups=2),
@@ -72,11 +72,11 @@ def _grouped_first():
     )
 
 
-CASES = {  # input shape, model, whether the first convolution takes the im2col path
-    "cnn2d": ((64,), lambda: build_model("cnn", (64,), 10, channels=4), True),  # 8x8 images, as digits
-    "cnn1d": ((20,), lambda: build_model("cnn", (20,), 10, channels=3), True),  # MNIST-1D's kind of model
-    "odd": ((2, 12, 11), _odd_cnn, True),
-    "grouped_first": ((144,), _grouped_first, False),
+CASES = {  # input shape, model
+    "cnn2d": ((64,), lambda: build_model("cnn", (64,), 10, channels=4)),  # 8x8 images, as digits
+    "cnn1d": ((20,), lambda: build_model("cnn", (20,), 10, channels=3)),  # MNIST-1D's kind of model
+    "odd": ((2, 12, 11), _odd_cnn),
+    "grouped_first": ((144,), _grouped_first),
 }
 
 
@@ -84,11 +84,9 @@ CASES = {  # input shape, model, whether the first convolution takes the im2col 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_conv_path_equals_per_device_loop(case, batch_size, monkeypatch):
     monkeypatch.setattr(conv_step, "BLOCK_SAMPLES", 7)  # several device blocks, the last one ragged
-    shape, build, columns = CASES[case]
+    shape, build = CASES[case]
     model = build()
-    plan = conv_plan(model)
-    assert plan is not None and dense_layers(model) is None
-    assert isinstance(plan.first, conv_step._ColumnsConv) is columns
+    assert conv_plan(model) is not None and dense_layers(model) is None
     fleet, sizes = _fleet(shape, devices=9)
     initial = init_params(model, seed=4)
     config = TrainConfig(lr=0.1, local_epochs=4, batch_size=batch_size)

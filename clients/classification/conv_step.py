@@ -37,7 +37,6 @@ from torch import nn
 from clients.params import ParamStack
 
 BLOCK_SAMPLES = 40  # samples (devices x batch) per block: see the module docstring
-COLUMNS_MAX = 32  # largest C * kh * kw of a first convolution computed by im2col (_ColumnsConv)
 
 _aten = torch.ops.aten
 Pair = tuple[int, int]
@@ -125,50 +124,6 @@ class _Conv:
 
 
 @dataclass(frozen=True)
-class _ColumnsConv:
-    """The first convolution when it has few inputs per output (``C kh kw`` <= :data:`COLUMNS_MAX`,
-    one group): im2col and one ``bmm`` per pass, a row of ones carrying the bias.
-
-    oneDNN vectorises grouped convolutions over blocks of 16 input channels, so one input channel
-    (MNIST) wastes most of each vector; the columns of a 3x3 kernel on one channel are 9 values
-    per pixel, cheap to build. The first layer needs no input gradient, so no ``col2im``.
-    """
-
-    conv: _Conv
-    kernel: Pair
-
-    def start(self, x: torch.Tensor, p: ParamStack, n: int) -> tuple[torch.Tensor, Any]:
-        """``x`` [n, b, C, H, W] to ``[b, Ho, Wo, n * out]``; saves the columns ``[n, C kh kw (+1), b Ho Wo]``."""
-        (sh, sw), (ph, pw), (dh, dw), (kh, kw) = self.conv.stride, self.conv.padding, self.conv.dilation, self.kernel
-        b, channels, height, width = x.shape[1:]
-        rows, cols = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
-        parts = [
-            padded[:, :, c, i * dh : i * dh + sh * (rows - 1) + 1 : sh, j * dw : j * dw + sw * (cols - 1) + 1 : sw]
-            for c in range(channels)
-            for i in range(kh)
-            for j in range(kw)
-        ]  # the order of weight.view(out, C * kh * kw)
-        w = p[self.conv.weight].reshape(n, self.conv.out_channels, -1)
-        if self.conv.bias is not None:
-            parts.append(torch.ones_like(parts[0]))
-            w = torch.cat([w, p[self.conv.bias].unsqueeze(2)], 2)
-        columns = torch.stack(parts, 1).view(n, len(parts), -1)
-        out = torch.empty(b, rows, cols, n, self.conv.out_channels)
-        torch.bmm(columns.transpose(1, 2), w.transpose(1, 2), out=out.view(-1, n, out.shape[-1]).transpose(0, 1))
-        return out.view(b, rows, cols, -1), columns
-
-    def finish(self, grad: torch.Tensor, saved: Any, p: ParamStack, n: int, lr: float) -> None:
-        """The SGD update from the output's gradient ``[b, Ho, Wo, n * out]``."""
-        out = self.conv.out_channels
-        grad_w = torch.bmm(saved, grad.view(-1, n, out).transpose(0, 1))  # [n, C kh kw (+1), out]
-        w = p[self.conv.weight].view(n, out, -1)
-        w.sub_(grad_w[:, : w.shape[2]].transpose(1, 2), alpha=lr)
-        if self.conv.bias is not None:
-            p[self.conv.bias].sub_(grad_w[:, -1], alpha=lr)
-
-
-@dataclass(frozen=True)
 class _MaxPool:
     """``nn.MaxPool2d`` (or ``nn.MaxPool1d`` as height 1): per channel, so per device already."""
 
@@ -244,7 +199,7 @@ class ConvPlan:
 
     input_shape: tuple[int, ...] | None
     one_d: bool
-    first: _Conv | _ColumnsConv
+    first: _Conv
     layers: tuple[_Layer, ...]
 
 
@@ -330,12 +285,9 @@ def conv_plan(model: nn.Module) -> ConvPlan | None:
         below, above = ordered[i], ordered[i + 1]
         if isinstance(below, _ReLU) and isinstance(above, _MaxPool) and above.dilation == (1, 1):
             ordered[i], ordered[i + 1] = above, below
-    conv = ordered[0]
-    assert isinstance(conv, _Conv)
-    weight = getattr(model, conv.weight.split(".")[0]).weight
-    inputs = weight.shape[1:].numel()  # C * kh * kw (C per group)
-    first = _ColumnsConv(conv, (1, *weight.shape[2:]) if one_d else tuple(weight.shape[2:]))
-    return ConvPlan(input_shape, one_d, first if conv.groups == 1 and inputs <= COLUMNS_MAX else conv, tuple(ordered[1:]))
+    first = ordered[0]
+    assert isinstance(first, _Conv)
+    return ConvPlan(input_shape, one_d, first, tuple(ordered[1:]))
 
 
 def conv_step(
