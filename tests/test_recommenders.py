@@ -158,7 +158,7 @@ def test_validation_holdout_never_shows_the_test_item() -> None:
     assert data.train_item.tolist() == [1, 1]
     assert data.test_negatives.tolist() == [[3], [0]]  # the one item each user never had (removed ones count)
     assert all(test.test_item[u] not in data.train_item[data.train_user == u] for u in range(2))
-    with pytest.raises(ClientsError, match="data.holdout"):
+    with pytest.raises(ClientsError, match=r"data\.holdout"):
         interactions_from_table("tiny", *tiny_table_rows(), seed=0, test_negatives=1, holdout="train")
 
 
