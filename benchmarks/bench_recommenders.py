@@ -40,9 +40,10 @@ def one_round(name: str, item_merge: str, rounds: int) -> tuple[float, float, in
     """Median wall and CPU seconds of a round after the first, and the bytes of the last one timed."""
     spec = load_spec(SPEC, [f"rounds={rounds + 1}"])
     workload, _, _ = build_workload(spec)
-    table = next(p for p in spec.protocols if p.name == name)
-    protocol = make_protocol(name, table.label, dict(table.options) | {"item_merge": item_merge})
-    prepare_protocol(protocol, protocol_workload(workload, table))
+    table = next((p for p in spec.protocols if p.name == name), None)  # not in the spec: its defaults
+    options = {} if table is None else dict(table.options)
+    protocol = make_protocol(name, name, options | {"item_merge": item_merge})
+    prepare_protocol(protocol, workload if table is None else protocol_workload(workload, table))
     protocol.run_round(1)  # warm-up: first allocations, lazy imports
     walls, cpus, sent = [], [], 0
     for index in range(2, rounds + 2):
@@ -55,7 +56,9 @@ def one_round(name: str, item_merge: str, rounds: int) -> tuple[float, float, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocols", nargs="+", default=["fedavg"], help="tree protocols of the spec")
+    parser.add_argument(
+        "--protocols", nargs="+", default=["fedavg"], help="tree protocols (the spec's options if it has them)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per run (the median is shown)")
     args = parser.parse_args()
     table = Table(title=f"One MF round, 943 devices ({torch.get_num_threads()} torch threads)")

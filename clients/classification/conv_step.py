@@ -36,7 +36,7 @@ from torch import nn
 
 from clients.params import ParamStack
 
-BLOCK_SAMPLES = 40  # samples (devices x batch) per block: see the module docstring
+BLOCK_SAMPLES = 40  # samples (devices x batch) per block and per thread: see the module docstring
 
 _aten = torch.ops.aten
 Pair = tuple[int, int]
@@ -299,7 +299,8 @@ def conv_step(
     the device's valid samples, 0 on padding), device block by device block.
     """
     devices, batch = yb.shape
-    block = max(1, BLOCK_SAMPLES // batch)
+    blocks = -(-devices * batch // (BLOCK_SAMPLES * torch.get_num_threads()))  # each op is split over the threads
+    block = -(-devices // blocks)  # equal blocks: a small last block would cost as much as a full one
     for start in range(0, devices, block):
         rows = slice(start, min(start + block, devices))
         views = {name: t[rows] for name, t in params.items()}
