@@ -84,7 +84,7 @@ def _train_chunk(
     steps = -(-capacity // batch)
     rows = torch.arange(len(ids)).unsqueeze(1)
     dense = dense_layers(model)
-    step_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    step_fn: Callable[..., None]
     if dense is not None:
         current = {name: t.detach().clone() for name, t in params.items()}
         step_fn = partial(_dense_step, dense, current, lr=config.lr)
@@ -98,7 +98,7 @@ def _train_chunk(
 
         current = {name: t.detach().clone().requires_grad_(True) for name, t in params.items()}
         step_fn = partial(_autograd_step, vmap(run_model), current, lr=config.lr)
-    terms = _LocalTerms(current, params, config, correction)
+    terms = _LocalTerms(current, params, config, correction, step_folds_decay=dense is not None)
     full_steps = -(-int(counts_np.min(initial=0)) // batch)  # steps in which every device has a sample
     for epoch in range(config.local_epochs):
         order = torch.from_numpy(epoch_order(seed, round_index, epoch, ids.numpy(), counts_np, capacity))
@@ -110,9 +110,13 @@ def _train_chunk(
             index = order[:, positions]
             # each device's loss is the mean over its valid samples in the batch
             weight = valid / valid.sum(1, keepdim=True).clamp(min=1.0)
-            terms.before()
-            step_fn(x[rows, index], y[rows, index], weight)
-            terms.after(None if step < full_steps else valid[:, 0])
+            every_device = step < full_steps
+            folded = terms.before(every_device)
+            if folded:
+                step_fn(x[rows, index], y[rows, index], weight, decay=folded)
+            else:
+                step_fn(x[rows, index], y[rows, index], weight)
+            terms.after(None if every_device else valid[:, 0])
     return {name: t.detach() for name, t in current.items()}
 
 
@@ -125,12 +129,23 @@ class _LocalTerms:
     Computed as ``w += K - lr mu w_pre`` with ``K = lr (mu w_0 - correction)`` fixed for the round,
     into buffers allocated once: one pass over the weights before the step (mu > 0 only) and one
     after it (per-sample SGD is memory-bound, and fresh multi-MB tensors per step cost page faults).
+    A step path that can scale the weights it updates (``step_folds_decay``: the dense path's
+    ``baddbmm_(beta = 1 - lr mu)``) takes the ``- lr mu w_pre`` part itself on steps where every
+    device has a sample, which saves the pass before the step (FedProx cost 1.9x -> see
+    ``benchmarks/bench_baselines.py``); on the other steps a device without a sample must not decay.
     """
 
     def __init__(
-        self, current: ParamStack, anchor: ParamStack, config: TrainConfig, correction: ParamStack | None
+        self,
+        current: ParamStack,
+        anchor: ParamStack,
+        config: TrainConfig,
+        correction: ParamStack | None,
+        *,
+        step_folds_decay: bool = False,
     ) -> None:
         self.active = config.prox_mu > 0 or correction is not None
+        self.step_folds_decay = step_folds_decay
         if not self.active:
             return
         lr, self.decay = config.lr, config.lr * config.prox_mu
@@ -144,12 +159,21 @@ class _LocalTerms:
                 if correction is not None:
                     torch._foreach_add_(self.fixed, [correction[name] for name in current], alpha=-lr)
         self.extra = [torch.empty_like(t) for t in self.fixed] if self.decay > 0 else self.fixed
+        self.pending = self.extra  # what ``after`` adds
 
-    def before(self) -> None:
-        if self.active and self.decay > 0:
-            with torch.no_grad():
-                for out, fixed, weight in zip(self.extra, self.fixed, self.weights, strict=True):
-                    torch.add(fixed, weight, alpha=-self.decay, out=out)
+    def before(self, every_device: bool) -> float:
+        """The decay ``lr mu`` the step must fold in (``w <- (1 - decay) w - lr g``), or 0 when it is
+        computed here. ``every_device``: every device has a sample in this step."""
+        if not self.active or self.decay == 0:
+            return 0.0
+        if every_device and self.step_folds_decay:
+            self.pending = self.fixed
+            return self.decay
+        with torch.no_grad():
+            for out, fixed, weight in zip(self.extra, self.fixed, self.weights, strict=True):
+                torch.add(fixed, weight, alpha=-self.decay, out=out)
+        self.pending = self.extra
+        return 0.0
 
     def after(self, stepped: torch.Tensor | None) -> None:
         """``stepped``: which devices had a sample in this batch (None: all of them)."""
@@ -157,9 +181,9 @@ class _LocalTerms:
             return
         with torch.no_grad():
             if stepped is None:
-                torch._foreach_add_(self.weights, self.extra)
+                torch._foreach_add_(self.weights, self.pending)
                 return
-            for weight, extra in zip(self.weights, self.extra, strict=True):  # a device with no sample
+            for weight, extra in zip(self.weights, self.pending, strict=True):  # a device with no sample
                 weight.addcmul_(extra, stepped.view(-1, *[1] * (extra.dim() - 1)))  # left takes no step
 
 
@@ -211,7 +235,14 @@ def dense_layers(model: nn.Module) -> DenseLayers | None:
 
 
 def _dense_step(
-    layers: DenseLayers, params: ParamStack, xb: torch.Tensor, yb: torch.Tensor, weight: torch.Tensor, *, lr: float
+    layers: DenseLayers,
+    params: ParamStack,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    lr: float,
+    decay: float = 0.0,
 ) -> None:
     """One SGD step of a ReLU MLP by hand, for every device at once.
 
@@ -219,6 +250,8 @@ def _dense_step(
     weight update is one fused in-place ``baddbmm_`` (W -= lr * g^T h): no
     gradient tensor is allocated, which on per-sample SGD is most of the cost
     (measured ~3x faster than the vmap + autograd path on this machine).
+    ``decay`` scales the pre-step weights in the same pass (W <- (1 - decay) W - lr g^T h):
+    FedProx's ``- lr mu w`` without a pass of its own.
     """
     inputs = [xb.flatten(2)]  # [D, b, features]
     for position, (w, b) in enumerate(layers):
@@ -231,7 +264,9 @@ def _dense_step(
         w, b = layers[position]
         h = inputs[position]
         below = torch.bmm(grad, params[w]) * (h > 0) if position > 0 else None  # before W changes
-        params[w].baddbmm_(grad.transpose(1, 2), h, alpha=-lr)
+        params[w].baddbmm_(grad.transpose(1, 2), h, beta=1.0 - decay, alpha=-lr)
+        if decay:
+            params[b].mul_(1.0 - decay)
         params[b].sub_(grad.sum(1), alpha=lr)
         if below is not None:
             grad = below
