@@ -48,6 +48,15 @@ def parse_tune_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
+Row = tuple[dict[str, Any], float, float, float]  # (setting, validation mean, its CI half-width, test mean)
+
+
+def best_row(rows: list[Row]) -> Row:
+    """The row of the highest validation mean, the first of equal bests; a diverged setting (NaN
+    score) never wins, wherever it sits in the grid (plain ``max`` keeps a leading NaN)."""
+    return max(rows, key=lambda row: row[1] if np.isfinite(row[1]) else -np.inf)
+
+
 def tune(
     spec_path: Path,
     out: Path,
@@ -69,7 +78,7 @@ def tune(
     combos = _product(axes)
     total = len(base["protocols"]) * len(combos) * seeds
     done = 0
-    scores: dict[str, list[tuple[dict[str, Any], float, float, float]]] = {}
+    scores: dict[str, list[Row]] = {}
     for entry in base["protocols"]:
         label = entry.get("label", entry["name"])
         for combo in combos:
@@ -93,7 +102,7 @@ def tune(
                     on_done(f"{label} {combo} seed {spec.seed + k}", done, total)
             mean, half = confidence(np.array(finals))
             scores.setdefault(label, []).append((combo, float(mean), float(half), float(np.mean(tests))))
-    chosen = {label: max(rows, key=lambda row: row[1]) for label, rows in scores.items()}  # first of equal bests
+    chosen = {label: best_row(rows) for label, rows in scores.items()}
     raw = tomllib.loads(Path(spec_path).read_text(encoding="utf-8"))
     for entry in raw.get("protocols", []):
         label = entry.get("label", entry["name"])

@@ -13,6 +13,7 @@ from clients.classification.datasets import Dataset
 from clients.datasets import DATASETS, load_dataset, register_dataset
 from experiments.cli import main
 from experiments.spec import load_spec
+from experiments.tune import best_row
 
 SPEC = TINY_SPEC + '\n[[protocols]]\nname = "individual"\n'
 
@@ -71,3 +72,10 @@ def test_bad_tune_grid_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["tune", str(spec), "--grid", "model.hidden=4,8", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("error: --grid:")
+
+
+def test_a_diverged_setting_never_wins_even_first_in_the_grid() -> None:
+    nan = float("nan")
+    rows = [({"lr": 0.4}, nan, nan, nan), ({"lr": 0.1}, 0.71, 0.01, 0.70), ({"lr": 0.2}, 0.71, 0.02, 0.69)]
+    assert best_row(rows)[0] == {"lr": 0.1}  # finite, and the first of the equal bests
+    assert best_row(rows[::-1])[0] == {"lr": 0.2}
