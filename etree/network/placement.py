@@ -28,6 +28,18 @@ hardest case since delays concentrate and bounds stay loose, and one ``random_ge
 the budgeted medoid was the exact one every time (0% excess delay); the budget caps the
 cost of proving it (``tests/test_placement.py`` checks exactness against brute force).
 
+Sets of more than ``SAMPLED_ABOVE`` members (8,192; e.g. the paper's K = 8 clusters of ~12,500
+devices of a 100,000-device fleet) on graphs where the bounds stay loose cannot afford that budget
+in every KMA iteration (at 100,000 nodes a row is ~50 ms, the budget ~1,300 rows). Their search
+first spends ``SAMPLE_ROWS`` rows of members drawn at random (seeded by the set itself, so the
+answer is a function of the set): since delays are symmetric, the sampled rows give every member
+an unbiased estimate of its total delay, ``|C| / S * sum_s d(s, j)`` (the sampling idea of Meddit,
+Bagaria et al., "Medoids in almost-linear time via multi-armed bandits", AISTATS 2018), and the
+``CANDIDATE_ROWS`` members with the lowest estimates are scored exactly; the search then goes on
+in bound order up to ``LARGE_SET_ROWS`` rows and returns the best member scored, exact whenever
+the bounds close within them (compact sets on geometric graphs). The excess delay this costs is
+measured in ``tests/test_placement.py`` and the README's benchmark section.
+
 Every Dijkstra is confined to the ball of radius 3R around the first landmark
 (R: its farthest member), with a cut-off at 2R: no two members are farther apart
 than 2R, and every node on such a path lies within 3R of the landmark. A batch of
@@ -39,6 +51,7 @@ ball with that cut-off (a third of the Dijkstra work on a 100,000-node random ge
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -53,6 +66,10 @@ MAX_WORK = 2**27  # Dijkstra work one search may spend: the sum over its rows of
 LANDMARKS = 4  # rows behind the first bounds: the given centre or first member, then farthest-point picks
 PAIR_ROWS = 256  # open members given the pairwise bound at once (fewer for sets past PAIR_FLOATS / 256)
 PAIR_FLOATS = 2**22  # floats of one pairwise-bound block (32 MB)
+SAMPLED_ABOVE = 8192  # members past which Eq. 1 starts from a sampled estimate (see the module docstring)
+SAMPLE_ROWS = 32  # rows of randomly drawn members behind the estimate
+CANDIDATE_ROWS = 32  # members of lowest estimated total delay scored exactly
+LARGE_SET_ROWS = 96  # exact rows a search of a set past SAMPLED_ABOVE may spend in all
 _SLACK = 1e-9  # relative slack against round-off in summed latencies
 _TIE = 1e-12  # scores this close (relatively) are equal: ties go to the smallest id
 
@@ -146,11 +163,25 @@ def _search(
     reaches = landmarks.rows.max(1)  # each landmark's farthest member
     pair = _PairBound(landmarks.rows, reduce)
     spent = len(picks)
+    budget = MAX_EXACT_ROWS
+    if objective is _MEDOID and len(members) > SAMPLED_ABOVE:
+        budget = LARGE_SET_ROWS
+        sample = _random_open_members(members, scored)
+        sample_rows = ball.rows(sample, 2 * reach)
+        # d is symmetric, so the sampled rows hold the sampled part of every member's total delay
+        estimate = np.where(scored, np.inf, sample_rows.sum(0))
+        estimate[sample] = np.inf
+        candidates = np.sort(np.argsort(estimate, kind="stable")[:CANDIDATE_ROWS])
+        for chosen, rows in ((sample, sample_rows), (candidates, ball.rows(candidates, 2 * reach))):
+            spent += len(chosen)
+            scored[chosen], value[chosen] = True, score(rows)
+            bound = np.maximum(bound, bound_of(rows).max(0))
+            bound[chosen] = value[chosen]
     while True:
         best = _best(value)
         cut = value[best] * (1 + _SLACK) + 1e-12
         waiting = np.flatnonzero(~scored & (bound <= cut))
-        if not len(waiting) or spent >= MAX_EXACT_ROWS or ball.work >= MAX_WORK:
+        if not len(waiting) or spent >= budget or ball.work >= MAX_WORK:
             return int(members[best])
         bound = pair.tighten(bound, waiting, cut)
         waiting = waiting[bound[waiting] <= cut]
@@ -165,6 +196,14 @@ def _search(
         scored[chunk], value[chunk] = True, score(rows)
         bound = np.maximum(bound, bound_of(rows).max(0))
         bound[chunk] = value[chunk]
+
+
+def _random_open_members(members: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """``SAMPLE_ROWS`` unscored members (indices into ``members``) drawn at random, seeded by the set
+    itself so that the same set always gets the same answer."""
+    rng = np.random.default_rng(zlib.crc32(members.tobytes()))
+    open_members = np.flatnonzero(~scored)
+    return np.sort(rng.choice(open_members, size=min(SAMPLE_ROWS, len(open_members)), replace=False))
 
 
 class _Landmarks:
