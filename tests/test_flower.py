@@ -4,7 +4,8 @@ Flower's other strategies agree with their in-engine counterparts.
 Each Flower run starts Ray (15-30 s on 2 CPUs), so the runs are few and shared:
 one weighted full-participation run, one unweighted run with half the devices
 sampled per round, one matrix-factorisation run (private user embeddings) with
-half the devices sampled, one run of every other strategy in turn (Ray started
+half the devices sampled and whole item tables, one MF and one NCF run with
+touched item rows only, one run of every other strategy in turn (Ray started
 once) and one traced subprocess run.
 """
 
@@ -32,8 +33,16 @@ import topologies
 from clients.classification.fleet import pack_fleet
 from clients.classification.models import build_model
 from clients.params import ParamStack, init_params
+from clients.recommendation.training import ROWS, touched_items
 from clients.train_config import TrainConfig
-from etree.backends.flower_strategies import STRATEGY_OPTIONS, FlowerStrategy, build_strategy
+from etree.backends.flower_strategies import (
+    STRATEGY_OPTIONS,
+    FlowerStrategy,
+    build_strategy,
+    merge_item_rows,
+    row_tables,
+    with_client_lr,
+)
 from etree.backends.ray_guest import GUEST_ENVIRONMENT
 from etree.core.errors import EtreeError, ProtocolError
 from etree.engine import Record, Workload, run_protocol
@@ -151,11 +160,10 @@ def test_flower_trains_a_recommender_as_in_engine_fedavg_without_sending_user_ro
     reply with item parameters only; global models, every device's rows and HR@10/NDCG@10 agree with
     in-engine FedAvg after every round."""
     workload = recommender_workload("mf", devices=DEVICES, users_per_device=2, rounds=ROUNDS)
-    options: dict[str, Any] = {"weighted": True, "participation": 0.5}
+    # whole item tables on both sides: Flower's FedAvg averages them as in-engine FedAvg's dense item merge does
+    options: dict[str, Any] = {"weighted": True, "participation": 0.5, "item_merge": "dense"}
     protocol, flower_records, flower_shared, flower_private = _drive_recommender("flower", options, workload)
-    # Flower's FedAvg averages whole models: in-engine FedAvg's dense item merge is its counterpart
-    engine_options = options | {"item_merge": "dense"}
-    _, engine_records, engine_shared, engine_private = _drive_recommender("fedavg", engine_options, workload)
+    _, engine_records, engine_shared, engine_private = _drive_recommender("fedavg", options, workload)
     assert isinstance(protocol, FlowerProtocol)
     shared_names = set(workload.shared(workload.initial))
     assert protocol.run.sent == shared_names and not shared_names & workload.private  # no user row ever sent
@@ -179,6 +187,94 @@ def test_flower_trains_a_recommender_as_in_engine_fedavg_without_sending_user_ro
         assert abs(f.value - e.value) <= one_case, (f, e)
     assert {"hr@10", "ndcg@10"} <= {r.metric for r in flower_records}
     print(f"recommender: max |metric diff| = {max(values):.2e}")
+
+
+@pytest.mark.parametrize("kind", ["mf", "ncf"])
+def test_flower_sends_only_touched_item_rows_as_in_engine_fedavg(kind):
+    """``item_merge = "touched"``, half the devices per round: each node sends only the item rows its round
+    touched (with their ids) and its dense parameters, never a user row; Flower's FedAvg, subclassed, merges
+    each row over its senders. Item tables, dense parameters (NCF's MLP), every device's user rows, HR@10 /
+    NDCG@10 and the bytes charged agree with in-engine FedAvg's sparse merge after every round."""
+    workload = recommender_workload(kind, devices=DEVICES, users_per_device=2, rounds=ROUNDS)
+    options: dict[str, Any] = {"weighted": True, "participation": 0.5, "item_merge": "touched"}
+    protocol, flower_records, flower_shared, flower_private = _drive_recommender("flower", options, workload)
+    _, engine_records, engine_shared, engine_private = _drive_recommender("fedavg", options, workload)
+    _, _, dense_shared, _ = _drive_recommender("fedavg", options | {"item_merge": "dense"}, workload)
+    assert isinstance(protocol, FlowerProtocol)
+    diffs = []
+    for round_index in range(ROUNDS + 1):
+        shared = _max_diff(flower_shared[round_index], engine_shared[round_index])
+        private = _max_diff(flower_private[round_index], engine_private[round_index])
+        diffs.append(max(shared, private))
+    print(f"\n{kind} touched: max |param diff| per round (shared and private) = {', '.join(f'{d:.1e}' for d in diffs)}")
+    assert max(diffs) <= 1e-5, f"{kind}: Flower and in-engine sparse FedAvg differ by {diffs} (rounds 0..{ROUNDS})"
+    away = _max_diff(flower_shared[ROUNDS], dense_shared[ROUNDS])
+    assert away > 1e-4, f"{kind}: touched ended {away} from the dense merge: the agreement would not test it"
+
+    assert len(flower_records) == len(engine_records)
+    for f, e in zip(flower_records, engine_records, strict=True):
+        assert (f.round, f.metric, f.sim_time_s, f.bytes_sent) == (e.round, e.metric, e.sim_time_s, e.bytes_sent)
+        assert abs(f.value - e.value) <= 1e-5, (f, e)
+    assert {"hr@10", "ndcg@10"} <= {r.metric for r in flower_records}
+    sent = {r.round: r.bytes_sent for r in flower_records}
+    print(
+        f"{kind} touched: bytes_sent after rounds 1..{ROUNDS} (Flower = in-engine) = {[sent[r] for r in sorted(sent)]}"
+    )
+
+    # what the server received: per device, its touched rows and their ids, its dense parameters; no user row
+    shared_names = set(workload.shared(workload.initial))
+    model = workload.model
+    tables = sorted(name for name, table in model.tables.items() if table == "item")
+    expected_names = shared_names | {f"{name}{ROWS}" for name in tables}
+    assert protocol.run.sent == expected_names and not protocol.run.sent & workload.private
+    assert len(protocol.run.uploads) == ROUNDS
+    for round_index, (trained, uploads) in enumerate(
+        zip(protocol.run.trained, protocol.run.uploads, strict=True), start=1
+    ):
+        assert sorted(uploads) == trained
+        ids = torch.tensor(trained)
+        rows = touched_items(
+            model, workload.data, ids, workload.train.local_epochs, seed=workload.seed, round_index=round_index
+        )
+        for position, device in enumerate(trained):
+            width = int((rows[position] < workload.data.num_items).sum())
+            assert 0 < width < workload.data.num_items  # some rows, not the whole table
+            shapes = uploads[device]
+            assert set(shapes) == expected_names, (round_index, device, shapes)
+            for name in tables:
+                assert shapes[name] == (width, *workload.initial[name].shape[1:])
+                assert shapes[f"{name}{ROWS}"] == (width,)
+            for name in shared_names - set(tables):
+                assert shapes[name] == tuple(workload.initial[name].shape)
+
+
+def test_merge_item_rows_averages_each_row_over_its_senders():
+    """A row two devices sent is their weighted mean, a row one sent is that device's, a row none sent is
+    kept; tables with a row of any shape (an MF bias row is a scalar)."""
+    for width in ((), (2,)):
+        current = np.arange(4 * int(np.prod(width)), dtype=np.float32).reshape(4, *width)
+        a = np.full((2, *width), 10.0, dtype=np.float32)
+        b = np.full((2, *width), 20.0, dtype=np.float32)
+        merged = merge_item_rows(current, [(np.array([0, 2]), a), (np.array([2, 3]), b)], [1.0, 3.0])
+        assert merged.dtype == current.dtype and merged.shape == current.shape
+        np.testing.assert_allclose(merged[0], 10.0)
+        np.testing.assert_array_equal(merged[1], current[1])
+        np.testing.assert_allclose(merged[2], (10.0 + 3 * 20.0) / 4)
+        np.testing.assert_allclose(merged[3], 20.0)
+
+
+def test_touched_item_rows_with_another_strategy_are_refused_before_ray_starts(monkeypatch):
+    import ray
+
+    def unexpected(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(ray, "init", unexpected)
+    protocol = make_protocol("flower", "fl", {"strategy": "FedAvgM"})
+    with pytest.raises(ProtocolError, match=r"protocols.fl.item_merge: got 'touched'; only Flower's FedAvg merges"):
+        protocol.setup(recommender_workload("mf", devices=DEVICES, rounds=ROUNDS))
+    dense = with_client_lr(FlowerStrategy("FedAdam", item_merge="dense"), 0.1, "fl")  # FedOpt's eta_l keeps it
+    assert row_tables(dense, ["item"], "fl") == ()
 
 
 def test_flower_run_leaves_no_ray_process_and_restores_environment():
@@ -360,6 +456,7 @@ def test_strategy_table_is_flowers_and_sampling_keeps_each_strategys_configure_t
         ({"proximal_mu": 0.1}, r"protocols.fl.proximal_mu: got 0.1; Flower's FedAvg does not take it"),
         ({"strategy": "FedAdam", "beta_1": 1.0}, r"protocols.fl.beta_1: got 1.0; must be in \[0, 1\)"),
         ({"strategy": "FedProx", "proximal_mu": -1.0}, r"protocols.fl.proximal_mu: got -1.0; must be >= 0"),
+        ({"item_merge": "rows"}, r"protocols.fl.item_merge: got 'rows'; choose one of: touched, dense"),
     ],
 )
 def test_bad_strategy_options_are_refused_before_anything_starts(options, message):

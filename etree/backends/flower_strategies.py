@@ -31,16 +31,30 @@ record (``summary``) and never send; the clients here train with
 ``train.lr``, so an unset ``eta_l`` records that, and a different one is refused
 rather than silently ignored.
 
-flwr is imported only inside ``build_strategy``: checking a spec never loads it.
+Recommenders with ``item_merge = "touched"`` (the default) send sparse item rows, as the in-engine
+tree protocols do (FCF, Ammad-ud-din et al., arXiv:1901.09888, 2019, Sec. 3): a client replies, for
+each item table ``T``, with ``T`` holding only the rows its round touched and their item ids under
+``T@rows``, its dense shared parameters whole and its ``num-examples``; the server averages each
+item row over the clients that sent it (``merge_item_rows``) and keeps the rows nobody sent. Only
+FedAvg does this (``ItemRowFedAvg``); FedProx's proximal term is refused for
+recommenders anyway, and FedAvgM's and FedOpt's server steps on such a merge have no cross-check
+here, so they refuse ``item_merge = "touched"`` (``row_tables``) and take ``"dense"``: whole arrays.
+
+flwr is imported only where a strategy is built: checking a spec never loads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, cast
 
+import numpy as np
+
+from clients.recommendation.training import ROWS
 from etree.core.errors import ProtocolError
+
+ITEM_ROWS = "item-rows"  # train config key: set, the clients reply with their touched item rows only
 
 StrategyName = Literal["FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedYogi", "FedAdagrad"]
 
@@ -69,10 +83,12 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 
 @dataclass(frozen=True)
 class FlowerStrategy:
-    """A Flower strategy by class name, with the options set for it (the rest are Flower's defaults)."""
+    """A Flower strategy by class name, with the options set for it (the rest are Flower's defaults), and how
+    a recommender's item tables travel (``"touched"``: sparse rows, ``"dense"``: whole; classifiers ignore it)."""
 
     name: str = "FedAvg"
     options: Mapping[str, float] = field(default_factory=dict)
+    item_merge: str = "touched"
 
 
 def strategy_from_options(label: str, name: str, given: Mapping[str, float | None]) -> FlowerStrategy:
@@ -110,13 +126,108 @@ def with_client_lr(strategy: FlowerStrategy, lr: float, label: str) -> FlowerStr
             f"protocols.{label}.eta_l: got {given}, but the clients train with train.lr = {lr} (Flower's "
             f"{strategy.name} records eta_l and never sends it); set train.lr instead, or leave eta_l unset"
         )
-    return FlowerStrategy(strategy.name, {**strategy.options, "eta_l": lr})
+    return replace(strategy, options={**strategy.options, "eta_l": lr})
+
+
+def row_tables(strategy: FlowerStrategy, item_tables: Sequence[str], label: str) -> tuple[str, ...]:
+    """The item tables whose touched rows ``strategy``'s clients send (none: every array whole), given the
+    workload's ``item_tables`` (none for a classifier). Checked before Ray starts: sparse rows are FedAvg's only."""
+    if strategy.item_merge == "dense" or not item_tables:
+        return ()
+    if strategy.name != "FedAvg":
+        raise ProtocolError(
+            f"protocols.{label}.item_merge: got 'touched'; only Flower's FedAvg merges sparse item rows here "
+            f"(strategy = {strategy.name!r}): set item_merge = 'dense' or strategy = 'FedAvg'"
+        )
+    return tuple(sorted(item_tables))
+
+
+def merge_item_rows(
+    current: np.ndarray, uploads: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]
+) -> np.ndarray:
+    """One item table after a round: each row the weighted mean of the rows sent for it, a row nobody sent
+    ``current``'s (FCF, Ammad-ud-din et al., arXiv:1901.09888, 2019, Sec. 3). ``uploads[m]`` is message m's
+    item ids and rows, ``weights[m]`` its ``num-examples``.
+
+    Written on Flower's numpy arrays rather than taken from ``etree.trees.sparse_rows`` (a layer above
+    this one): this adapter is the in-engine merge's independent check."""
+    sums = np.zeros(current.shape, dtype=np.float64)
+    total = np.zeros(len(current), dtype=np.float64)
+    for (ids, rows), weight in zip(uploads, weights, strict=True):
+        np.add.at(sums, ids, weight * rows.astype(np.float64))
+        np.add.at(total, ids, weight)
+    heard = total > 0
+    merged = current.copy()
+    merged[heard] = sums[heard] / total[heard].reshape(-1, *(1,) * (current.ndim - 1))
+    return merged
+
+
+def _item_row_fedavg(tables: tuple[str, ...]) -> type:
+    """Flower's FedAvg with the item tables ``tables`` merged from sparse rows (see ``ItemRowFedAvg``)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    sparse = set(tables) | {f"{name}{ROWS}" for name in tables}
+
+    class ItemRowFedAvg(FedAvg):
+        """FedAvg whose clients send only the item rows they touched (see the module docstring).
+
+        A subclass because Flower's FedAvg averages whole arrays (``aggregate_arrayrecords`` adds every
+        reply's every array), which rows of different items, in arrays of different lengths, are not.
+        Flower's sampling and ``configure_train`` stay; it only keeps the model it sends (rows nobody
+        sends keep its values, as FedAvgM keeps ``current_arrays``) and asks for rows (``ITEM_ROWS``).
+        ``aggregate_train`` merges each item row over its senders weighted by ``num-examples`` (example
+        counts when ``weighted``, else 1: the in-engine ``fedavg``'s weights) and averages the dense
+        parameters with Flower's own ``aggregate_arrayrecords``.
+        """
+
+        sent_arrays: ArrayRecord | None = None
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            self.sent_arrays = arrays
+            config[ITEM_ROWS] = True
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(
+            self, server_round: int, replies: Iterable[Message]
+        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            valid, _ = self._check_and_log_replies(replies, is_train=True)
+            if not valid or self.sent_arrays is None:
+                return None, None
+            contents = [message.content for message in valid]
+            records = [next(iter(content.array_records.values())) for content in contents]
+            metrics = [next(iter(content.metric_records.values())) for content in contents]
+            weights = [cast(float, metric[self.weighted_by_key]) for metric in metrics]
+            dense_only = [  # each reply's dense parameters, with its weight
+                RecordDict({"arrays": ArrayRecord({k: v for k, v in record.items() if k not in sparse}), "m": metric})
+                for record, metric in zip(records, metrics, strict=True)
+            ]
+            dense = aggregate_arrayrecords(dense_only, self.weighted_by_key)
+            merged = {
+                name: Array(
+                    merge_item_rows(
+                        self.sent_arrays[name].numpy(),
+                        [(record[f"{name}{ROWS}"].numpy(), record[name].numpy()) for record in records],
+                        weights,
+                    )
+                )
+                for name in tables
+            }
+            arrays = ArrayRecord({k: merged[k] if k in merged else dense[k] for k in self.sent_arrays})
+            return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    return ItemRowFedAvg
 
 
 def build_strategy(
     strategy: FlowerStrategy,
     base_options: Mapping[str, Any],
     sampled: Callable[[int], list[int]] | None = None,
+    rows: Sequence[str] = (),
 ) -> Any:
     """An instance of Flower's class ``strategy.name`` with ``base_options`` and the strategy's options.
 
@@ -124,6 +235,7 @@ def build_strategy(
     sampling, and nothing else: the override sits just above ``FedAvg`` in the
     class's MRO, so the strategy's own ``configure_train`` still runs first
     (FedAvgM and FedOpt keep the current model there, FedProx adds ``proximal-mu``).
+    ``rows``: the item tables FedAvg merges from sparse rows (``row_tables``; FedAvg only).
     """
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
     from flwr.serverapp import Grid
@@ -131,6 +243,9 @@ def build_strategy(
 
     cls: type = getattr(flower_strategies, strategy.name)
     options = {**base_options, **strategy.options}
+    if rows:
+        assert cls is flower_strategies.FedAvg, "row_tables refuses sparse rows for other strategies"
+        cls = _item_row_fedavg(tuple(rows))
     if sampled is None:
         return cls(**options)
     choose = sampled

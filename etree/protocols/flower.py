@@ -27,12 +27,21 @@ Models with private parameters (a recommender's user embeddings,
 ``context.state`` (a ``RecordDict`` that the simulation engine stores per node
 and hands back with the node's next message), trains the global shared model
 with them, stores the trained rows back and replies with the shared parameters
-only (item embeddings and dense weights), so Flower's strategy never receives,
-let alone averages, a user row; ``FlowerRun.sent`` lists every array name the
-server received, for tests to check. Evaluation needs each device's rows as
-trained under Flower (every device scores its own users, as in the in-engine
-protocols): each node also logs its rows after every round it trained in
-``context.state``, and after the last round the ServerApp sends one
+only, so Flower's strategy never receives, let alone averages, a user row;
+``FlowerRun.sent`` lists every array name the server received and
+``FlowerRun.uploads`` their shapes, per round and device, for tests to check.
+Item tables travel as in-engine ``fedavg``'s with the same ``item_merge``
+(``etree.trees.sparse_rows``): ``"touched"`` (the default) trains and sends only
+the rows the node's round touches (``touched_items``, under ``T`` with their ids
+under ``T@rows``) and Flower's FedAvg, subclassed, averages each row over its
+senders (FCF, Ammad-ud-din et al., arXiv:1901.09888, 2019;
+``etree.backends.flower_strategies``); ``"dense"`` sends whole tables, which
+Flower's FedAvg averages as any array. Each round is charged the bytes that
+in-engine ``fedavg`` charges for it, uploads sized by ``SparseRows.plan``.
+Evaluation needs each device's rows as trained under Flower (every device
+scores its own users, as in the in-engine protocols): each node also logs its
+rows after every round it trained in ``context.state``, and after the last
+round the ServerApp sends one
 evaluation-only ``query.private_rows`` message per node that returns the log.
 That query is the simulator reading the devices for its metrics, not protocol
 traffic: it is sent after training has ended, is not aggregated and is not
@@ -83,10 +92,14 @@ from clients.classification.fleet import FleetData
 from clients.params import ParamStack, replicate
 from clients.recommendation.interactions import InteractionFleet
 from clients.recommendation.metrics import DeviceModels
+from clients.recommendation.models import Recommender
+from clients.recommendation.training import ROWS, touched_items
 from etree.backends.flower_strategies import (
+    ITEM_ROWS,
     FlowerStrategy,
     StrategyName,
     build_strategy,
+    row_tables,
     strategy_from_options,
     with_client_lr,
 )
@@ -101,7 +114,8 @@ from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
 from etree.trees.hierarchical import load_timing_state, timing_state, tree_from_state, tree_state
 from etree.trees.servers import choose_server
-from etree.trees.timing import TreeTiming, round_messages
+from etree.trees.sparse_rows import ITEM_MERGES, SparseRows
+from etree.trees.timing import TreeTiming, round_bytes, round_messages
 from etree.trees.tree import AggregationTree, star_tree
 
 logger = logging.getLogger(__name__)
@@ -123,6 +137,8 @@ class FlowerRun:
     ray_session_dir: str  # Ray's session folder: its logs, and the name its processes carry
     sent: frozenset[str]  # every array name in the train replies the server received
     private_rows: dict[int, dict[str, torch.Tensor]]  # device -> its logged rows "<name>@<round>" (evaluation only)
+    # index r-1: device -> the shape of every array it sent in round r
+    uploads: list[dict[int, dict[str, tuple[int, ...]]]] = field(default_factory=list)
 
 
 class _DropExpected(logging.Filter):
@@ -217,8 +233,16 @@ def _client_app(payload_ref: Any) -> Any:
         server_round = cast(int, config["server-round"])
         mu = config.get("proximal-mu")  # sent by FedProx only: its proximal term's weight
         train = payload["train"] if mu is None else replace(payload["train"], prox_mu=float(cast(float, mu)))
+        model = payload["model"]
+        tables = [name for name, kind in model.tables.items() if kind == "item"] if config.get(ITEM_ROWS) else []
+        if tables:  # a compact stack: only the item rows this round touches, trained and sent (FCF)
+            assert isinstance(data, InteractionFleet)
+            ids = touched_items(
+                model, data, torch.tensor([device]), train.local_epochs, seed=payload["seed"], round_index=server_round
+            )
+            stack |= {name: stack[name][:, ids[0]] for name in tables} | {ROWS: ids}
         trained = local_train(
-            payload["model"],
+            model,
             stack,
             data,
             torch.tensor([device]),
@@ -229,9 +253,11 @@ def _client_app(payload_ref: Any) -> Any:
         if own:  # private rows stay on the node: never in the reply
             keep_rows(context, {name: trained[name][0] for name in own}, server_round)
         examples = int(data.counts[device]) if payload["weighted"] else 1
+        sent = {name: tensor[0] for name, tensor in trained.items() if name not in own and name != ROWS}
+        sent |= {f"{name}{ROWS}": trained[ROWS][0] for name in tables}
         reply = RecordDict(
             {
-                "arrays": ArrayRecord({name: tensor[0] for name, tensor in trained.items() if name not in own}),
+                "arrays": ArrayRecord(sent),
                 "metrics": MetricRecord({"num-examples": examples, "partition-id": device}),
             }
         )
@@ -265,19 +291,21 @@ class _Capture:
     models: list[ParamStack] = field(default_factory=list)
     trained: list[list[int]] = field(default_factory=list)
     sent: set[str] = field(default_factory=set)
+    uploads: list[dict[int, dict[str, tuple[int, ...]]]] = field(default_factory=list)
     private_rows: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     wall_s: float = 0.0
 
 
 def _server_app(
     workload: Workload,
-    strategies: list[FlowerStrategy],
+    strategies: list[tuple[FlowerStrategy, tuple[str, ...]]],
     participation: float,
     idle: np.ndarray | None,
     label: str,
     captures: list[_Capture],
 ) -> Any:
-    """A ServerApp running each of Flower's ``strategies`` in turn for ``workload.rounds`` rounds, keeping
+    """A ServerApp running each of Flower's ``strategies`` (with the item tables each merges from sparse rows,
+    ``row_tables``) in turn for ``workload.rounds`` rounds, keeping
     every global model in its ``captures`` entry (and, with private parameters, reading the nodes' logged
     rows once a strategy's rounds are over)."""
     from flwr.app import ArrayRecord, MetricRecord, RecordDict
@@ -292,9 +320,14 @@ def _server_app(
 
         def record_trained(replies: list[RecordDict], weight_key: str) -> MetricRecord:
             """Called once per round with the replies Flower aggregates: note whose they were."""
-            replied = (cast(int, next(iter(r.metric_records.values()))["partition-id"]) for r in replies)
-            capture.trained.append(sorted(replied))
+            by_device = {cast(int, next(iter(r.metric_records.values()))["partition-id"]): r for r in replies}
+            capture.trained.append(sorted(by_device))
             capture.sent.update(name for r in replies for record in r.array_records.values() for name in record)
+            shapes = {
+                device: {name: tuple(a.shape) for record in r.array_records.values() for name, a in record.items()}
+                for device, r in sorted(by_device.items())
+            }
+            capture.uploads.append(shapes)
             return MetricRecord({"clients": len(replies)})
 
         return {
@@ -336,10 +369,10 @@ def _server_app(
             sampled = chosen_nodes
 
         shared = workload.shared(workload.initial)
-        for spec in strategies:
+        for spec, rows in strategies:
             capture = _Capture()
             captures.append(capture)
-            strategy = build_strategy(spec, options(capture), sampled)
+            strategy = build_strategy(spec, options(capture), sampled, rows)
             initial = ArrayRecord({name: tensor.clone() for name, tensor in shared.items()})
             started = time.perf_counter()
             strategy.start(grid=grid, initial_arrays=initial, num_rounds=workload.rounds, evaluate_fn=keeper(capture))
@@ -438,6 +471,11 @@ def run_flower_strategies(
     end-of-run query clears them), so a run is the one ``run_flower`` would give alone.
     """
     specs = [with_client_lr(strategy, workload.train.lr, label) for strategy in strategies]
+    model = workload.model
+    item_tables = (
+        [name for name, kind in model.tables.items() if kind == "item"] if isinstance(model, Recommender) else []
+    )
+    rows = [row_tables(spec, item_tables, label) for spec in specs]
     cores = num_cpus or len(os.sched_getaffinity(0))
     captures: list[_Capture] = []
     with guest_environment():
@@ -460,7 +498,9 @@ def run_flower_strategies(
                 payload = ray.put(_client_payload(workload, weighted))
                 started = time.perf_counter()
                 run_simulation(
-                    server_app=_server_app(workload, specs, participation, idle, label, captures),
+                    server_app=_server_app(
+                        workload, list(zip(specs, rows, strict=True)), participation, idle, label, captures
+                    ),
                     client_app=_client_app(payload),
                     num_supernodes=workload.devices,
                     backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
@@ -478,7 +518,10 @@ def run_flower_strategies(
         cores,
         session_dir,
     )
-    return [FlowerRun(c.models, c.trained, c.wall_s, session_dir, frozenset(c.sent), c.private_rows) for c in captures]
+    return [
+        FlowerRun(c.models, c.trained, c.wall_s, session_dir, frozenset(c.sent), c.private_rows, c.uploads)
+        for c in captures
+    ]
 
 
 def run_flower(
@@ -525,6 +568,18 @@ def _rows_by_round(
     return out
 
 
+def _uploads_from(value: Any, where: str) -> dict[int, dict[str, tuple[int, ...]]]:
+    """One round of ``FlowerRun.uploads`` from its checkpoint form: ``[device, {name: shape}]`` pairs."""
+    shapes: dict[int, dict[str, tuple[int, ...]]] = {}
+    for pair in expect(value, list, where):
+        device, arrays = expect(pair, list, where)
+        shapes[expect(device, int, where)] = {
+            name: tuple(expect(d, int, f"{where}.{name}") for d in expect(shape, list, f"{where}.{name}"))
+            for name, shape in expect(arrays, dict, where).items()
+        }
+    return shapes
+
+
 class FlowerProtocol(Protocol):
     """A Flower strategy run by Flower in ``setup``; rounds replayed with in-engine FedAvg's simulated costs."""
 
@@ -560,6 +615,7 @@ class FlowerProtocol(Protocol):
         self.tree: AggregationTree = star_tree(workload.devices, server)
         self.network.prepare(int(h) for h in self.tree.heads[0])
         self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
+        self.rows = self._rows()
         self.run = run_flower(
             workload,
             strategy=self.strategy,
@@ -575,6 +631,13 @@ class FlowerProtocol(Protocol):
         self.private = replicate({name: workload.initial[name] for name in sorted(workload.private)}, workload.devices)
         self._logged = _rows_by_round(self.run.private_rows, workload.private, self.label)
 
+    def _rows(self) -> SparseRows | None:
+        """In-engine ``fedavg``'s sparse item rows on the same star, to size the uploads as it does (nothing
+        else of it is used: Flower did the numerics); None where whole models travel."""
+        if not self.workload.recommender or self.strategy.item_merge != "touched":
+            return None
+        return SparseRows(self.workload, self.tree, weighted=self._weighted, public_merge="mean")
+
     def run_round(self, round_index: int) -> RoundCost:
         if round_index >= len(self.run.global_models):
             raise ProtocolError(
@@ -588,13 +651,20 @@ class FlowerProtocol(Protocol):
                 self.private[name][devices] = tensor
         ids = participants(self.workload.seed, round_index, self.workload.devices, self._participation, self.idle)
         size = self.workload.wire_bytes
+        # touched item rows: each upload sized as in-engine fedavg sizes it (pushes down stay whole models)
+        sizes = self.rows.plan(torch.from_numpy(ids), round_index) if self.rows is not None and len(ids) else None
         if not self.workload.network.timing:
             messages = round_messages(self.tree, ids, 1, True)
-            return RoundCost(0.0, messages * size, messages, {"root_aggregations": 1.0}, clocked=True)
+            sent = (
+                messages * size if sizes is None else round_bytes(self.tree, ids, 1, True, sizes, self.timing.down_size)
+            )
+            return RoundCost(0.0, sent, messages, {"root_aggregations": 1.0}, clocked=True)
         # the in-engine FedAvg's timing, on this run's clock: the same numbers (faults are not replayed)
-        outcome = self.timing.run_round(ids, self.network.compute_s(ids, self.workload.epoch_flops[ids]), 1, True)
+        compute = self.network.compute_s(ids, self.workload.epoch_flops[ids])
+        outcome = self.timing.run_round(ids, compute, 1, True, sizes)
         messages = outcome.messages
-        return RoundCost(outcome.duration_s, messages * size, messages, {"root_aggregations": 1.0}, clocked=True)
+        sent = messages * size if sizes is None else outcome.bytes_sent
+        return RoundCost(outcome.duration_s, sent, messages, {"root_aggregations": 1.0}, clocked=True)
 
     def evaluation_models(self) -> ParamStack:
         return {name: tensor.unsqueeze(0) for name, tensor in self.current.items()}
@@ -623,6 +693,10 @@ class FlowerProtocol(Protocol):
             "wall_s": float(run.wall_s),
             "ray_session_dir": run.ray_session_dir,
             "sent": sorted(run.sent),
+            "uploads": [
+                [[device, {name: list(shape) for name, shape in arrays.items()}] for device, arrays in shapes.items()]
+                for shapes in run.uploads
+            ],
             "logged_devices": logged,
             "logged_rows": [run.private_rows[device] for device in logged],
             "current": self.current,
@@ -636,6 +710,7 @@ class FlowerProtocol(Protocol):
         self.tree = tree_from_state(state["tree"], workload.graph.number_of_nodes(), devices)
         self.network.prepare(int(h) for h in self.tree.heads[0])
         self.timing = TreeTiming(self.tree, self.network, self.clock, workload.wire_bytes, failover=False)
+        self.rows = self._rows()
         load_timing_state(self.timing, state["timing"])
         shared = workload.shared(workload.initial)
         models = expect(state["global_models"], list, "global_models")
@@ -662,6 +737,10 @@ class FlowerProtocol(Protocol):
                 }
                 for i, (device, table) in enumerate(zip(logged, rows, strict=True))
             },
+            uploads=[
+                _uploads_from(shapes, f"uploads[{r}]")
+                for r, shapes in enumerate(expect(state["uploads"], list, "uploads"))
+            ],
         )
         self.current = stack_like(state["current"], shared, "current")
         private = {name: workload.initial[name] for name in sorted(workload.private)}
@@ -686,12 +765,19 @@ def flower(
     beta_1: float | None = None,
     beta_2: float | None = None,
     tau: float | None = None,
+    item_merge: str = "touched",
 ) -> Protocol:
     """Flower's ``strategy`` on Flower's simulation engine. Its options, Flower's names (None: Flower's
     default): FedProx ``proximal_mu``; FedAvgM ``server_learning_rate``, ``server_momentum``; FedAdam and
     FedYogi ``eta``, ``eta_l`` (must be train.lr), ``beta_1``, ``beta_2``, ``tau``; FedAdagrad ``eta``,
     ``eta_l``, ``tau``. ``weighted=True`` is Flower's example-count weighting; ``server_trains`` as for
-    in-engine ``fedavg``."""
+    in-engine ``fedavg``. ``item_merge`` (recommenders) as for ``fedavg``: ``"touched"`` (default) sends each
+    device's touched item rows and averages each row over its senders (FCF; FedAvg only),
+    ``"dense"`` whole item tables."""
+    if item_merge not in ITEM_MERGES:
+        raise ProtocolError(
+            f"protocols.{label}.item_merge: got {item_merge!r}; choose one of: {', '.join(ITEM_MERGES)}"
+        )
     given = {
         "proximal_mu": proximal_mu,
         "server_learning_rate": server_learning_rate,
@@ -704,7 +790,7 @@ def flower(
     }
     return FlowerProtocol(
         label,
-        strategy=strategy_from_options(label, strategy, given),
+        strategy=replace(strategy_from_options(label, strategy, given), item_merge=item_merge),
         server=server,
         participation=participation,
         weighted=weighted,
