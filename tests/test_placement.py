@@ -111,3 +111,36 @@ def test_sets_past_the_sampled_size_cost_bounded_rows_and_find_a_near_exact_medo
         assert medoid(latency, members) == got
         total = original(latency, members)[:, members].sum(1)
         assert total[np.searchsorted(members, got)] <= 1.01 * total.min(), (kind, size)
+
+
+def test_a_row_cache_changes_no_answer_and_serves_a_slightly_changed_set(monkeypatch) -> None:
+    """A sampled search gives the same member with a RowCache as without, and a set that lost a few
+    members (as KMA's clusters do between iterations) keeps most of its sample and candidates: their
+    rows come from the cache instead of new Dijkstra runs."""
+    monkeypatch.setattr(placement, "SAMPLED_ABOVE", 100)
+    graph = build_topology("random_links", 2000, seed=4)
+    latency = latency_csgraph(graph)
+    row = csgraph.dijkstra(latency, directed=True, indices=[11])[0]
+    members = np.sort(np.argsort(row, kind="stable")[:600])
+    cache = placement.RowCache(latency)
+    assert medoid(latency, members, cache=cache) == medoid(latency, members)
+    first = cache.computed
+    assert 0 < first <= placement.LARGE_SET_ROWS + placement.LANDMARKS
+    fewer = np.delete(members, np.random.default_rng(0).choice(len(members), 6, replace=False))
+    assert medoid(latency, fewer, cache=cache) == medoid(latency, fewer)
+    assert cache.computed - first < first / 2
+
+
+def test_the_row_cache_is_bounded_and_exact_up_to_each_rows_cut_off() -> None:
+    graph = build_topology("random_geometric", 300, seed=2)
+    latency = latency_csgraph(graph)
+    cache = placement.RowCache(latency, capacity=5 * 300)
+    exact = csgraph.dijkstra(latency, directed=True, indices=np.arange(8))
+    cut = float(np.median(exact))
+    near = cache.rows(np.arange(8), cut)
+    assert len(cache._rows) == 5 and cache.computed == 8
+    within = exact <= cut
+    assert np.allclose(near[within], exact[within]) and np.isinf(near[~within]).all()
+    assert np.allclose(cache.rows(np.array([7]))[0], exact[7])  # a wider cut-off than held: computed again
+    assert cache.computed == 9
+    assert cache.get(7, cut) is not None and cache.get(0) is None  # the oldest were dropped

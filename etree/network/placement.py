@@ -28,17 +28,23 @@ hardest case since delays concentrate and bounds stay loose, and one ``random_ge
 the budgeted medoid was the exact one every time (0% excess delay); the budget caps the
 cost of proving it (``tests/test_placement.py`` checks exactness against brute force).
 
-Sets of more than ``SAMPLED_ABOVE`` members (8,192; e.g. the paper's K = 8 clusters of ~12,500
-devices of a 100,000-device fleet) on graphs where the bounds stay loose cannot afford that budget
-in every KMA iteration (at 100,000 nodes a row is ~50 ms, the budget ~1,300 rows). Their search
-first spends ``SAMPLE_ROWS`` rows of members drawn at random (seeded by the set itself, so the
-answer is a function of the set): since delays are symmetric, the sampled rows give every member
-an unbiased estimate of its total delay, ``|C| / S * sum_s d(s, j)`` (the sampling idea of Meddit,
-Bagaria et al., "Medoids in almost-linear time via multi-armed bandits", AISTATS 2018), and the
-``CANDIDATE_ROWS`` members with the lowest estimates are scored exactly; the search then goes on
-in bound order up to ``LARGE_SET_ROWS`` rows and returns the best member scored, exact whenever
-the bounds close within them (compact sets on geometric graphs). The excess delay this costs is
-measured in ``tests/test_placement.py`` and the README's benchmark section.
+Sets whose exhaustive search would cost more than ``SAMPLED_WORK`` Dijkstra work (members times
+the nodes of their ball: e.g. 200-member clusters of a 100,000-node ``random_links`` fleet, whose
+balls are the whole graph) or of more than ``SAMPLED_ABOVE`` members (8,192; e.g. the paper's
+K = 8 clusters of ~12,500 devices of a 100,000-device fleet) cannot afford that budget in every
+KMA iteration (at 100,000 nodes a row is ~50 ms, the budget ~1,300 rows). Their search
+first spends ``SAMPLE_ROWS`` rows of members drawn at random: since delays are symmetric, the
+sampled rows give every member an unbiased estimate of its total delay, ``|C| / S * sum_s d(s, j)``
+(the sampling idea of Meddit, Bagaria et al., "Medoids in almost-linear time via multi-armed
+bandits", AISTATS 2018), and the ``CANDIDATE_ROWS`` members with the lowest estimates are scored
+exactly; the search then goes on in bound order up to ``LARGE_SET_ROWS`` rows if the bounds can
+close within them (compact sets on geometric graphs: the answer is then exact) and returns the best
+member scored. The
+sample is the ``SAMPLE_ROWS`` members of lowest hash of their id (a fixed pseudo-random order of the
+nodes, ``_id_hash``), so the answer is a function of the set, and a set that changes by a few members
+from one KMA iteration to the next keeps most of its sample and candidates: with a ``RowCache``
+(KMA passes one) their whole-graph rows are computed once, not every iteration. The excess delay
+this costs is measured in ``tests/test_placement.py`` and the README's benchmark section.
 
 Every Dijkstra is confined to the ball of radius 3R around the first landmark
 (R: its farthest member), with a cut-off at 2R: no two members are farther apart
@@ -51,7 +57,7 @@ ball with that cut-off (a third of the Dijkstra work on a 100,000-node random ge
 
 from __future__ import annotations
 
-import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -67,9 +73,11 @@ LANDMARKS = 4  # rows behind the first bounds: the given centre or first member,
 PAIR_ROWS = 256  # open members given the pairwise bound at once (fewer for sets past PAIR_FLOATS / 256)
 PAIR_FLOATS = 2**22  # floats of one pairwise-bound block (32 MB)
 SAMPLED_ABOVE = 8192  # members past which Eq. 1 starts from a sampled estimate (see the module docstring)
+SAMPLED_WORK = 2**24  # ... and members times ball nodes past which it does (sets of 168+ on a 100,000-node ball)
+ROW_CACHE_FLOATS = 2**27  # what a RowCache holds at most (1 GiB of float64: 1,342 rows of a 100,000-node graph)
 SAMPLE_ROWS = 32  # rows of randomly drawn members behind the estimate
 CANDIDATE_ROWS = 32  # members of lowest estimated total delay scored exactly
-LARGE_SET_ROWS = 96  # exact rows a search of a set past SAMPLED_ABOVE may spend in all
+LARGE_SET_ROWS = 96  # exact rows a sampled search may spend in all
 _SLACK = 1e-9  # relative slack against round-off in summed latencies
 _TIE = 1e-12  # scores this close (relatively) are equal: ties go to the smallest id
 
@@ -95,6 +103,7 @@ def medoid(
     members: np.ndarray,
     centre_row: np.ndarray | None = None,
     landmark_rows: np.ndarray | None = None,
+    cache: RowCache | None = None,
 ) -> int:
     """Eq. 1 on a symmetric latency csgraph (:func:`topologies.latency_csgraph`).
 
@@ -102,8 +111,48 @@ def medoid(
     first landmark's Dijkstra. ``landmark_rows`` (``[l, n]`` delays from any nodes, e.g. the
     neighbouring clusters' centres, which KMA has at hand) replace the farthest-point landmarks:
     any node's delays bound the same way, so the answer is the same, for no Dijkstra.
+    ``cache`` (of ``latency``) serves a sampled search's rows: the answer is the same with or without.
     """
-    return _search(latency, members, centre_row, _MEDOID, landmark_rows)
+    return _search(latency, members, centre_row, _MEDOID, landmark_rows, cache)
+
+
+class RowCache:
+    """Delay rows by source node, each exact up to the cut-off it was computed with (beyond it: inf),
+    the least recently used dropped past ``capacity`` floats.
+
+    Hand-written rather than ``functools.lru_cache``: it is bounded by bytes, serves a batch of sources
+    with one Dijkstra call for the missing ones, reuses a row for any cut-off up to its own, and lets a
+    caller look rows up without computing them."""
+
+    def __init__(self, latency: sparse.csr_array, capacity: int = ROW_CACHE_FLOATS) -> None:
+        self.latency = latency
+        self.held = max(1, capacity // max(1, latency.shape[0]))  # rows held at most
+        self._rows: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+        self.computed = 0  # rows computed so far (for benchmarks and tests)
+
+    def get(self, source: int, limit: float = np.inf) -> np.ndarray | None:
+        """The row of ``source`` if one exact up to ``limit`` is held (then most recently used), else None;
+        never computes."""
+        entry = self._rows.get(source)
+        if entry is None or entry[0] < limit:
+            return None
+        self._rows.move_to_end(source)
+        return entry[1]
+
+    def rows(self, sources: np.ndarray, limit: float = np.inf) -> np.ndarray:
+        """Delays ``[len(sources), n]`` from each of ``sources`` to every node, exact up to ``limit``."""
+        ids = [int(s) for s in sources]
+        found = {s: row for s in dict.fromkeys(ids) if (row := self.get(s, limit)) is not None}
+        missing = sorted(set(ids) - found.keys())
+        if missing:
+            found |= dict(zip(missing, _rows(self.latency, np.array(missing), limit), strict=True))
+            self.computed += len(missing)
+        for s in missing:
+            self._rows[s] = (limit, found[s])
+            self._rows.move_to_end(s)
+        while len(self._rows) > self.held:
+            self._rows.popitem(last=False)
+        return np.stack([found[s] for s in ids]) if ids else np.empty((0, self.latency.shape[0]))
 
 
 class _Ball:
@@ -134,6 +183,7 @@ def _search(
     centre_row: np.ndarray | None,
     objective: Objective,
     landmark_rows: np.ndarray | None = None,
+    cache: RowCache | None = None,
 ) -> int:
     score, bound_of, reduce = objective
     members = np.unique(np.asarray(members, dtype=np.int64))
@@ -164,15 +214,24 @@ def _search(
     pair = _PairBound(landmarks.rows, reduce)
     spent = len(picks)
     budget = MAX_EXACT_ROWS
-    if objective is _MEDOID and len(members) > SAMPLED_ABOVE:
+    sampled = objective is _MEDOID and (len(members) > SAMPLED_ABOVE or len(members) * len(ball.nodes) > SAMPLED_WORK)
+
+    def member_rows(chosen: np.ndarray, limit: float, radius: float = np.inf) -> np.ndarray:
+        if not sampled or cache is None:
+            return ball.rows(chosen, limit, radius)
+        # the cut-off 2R (no two members farther apart) for every row: a row then serves later sets too
+        ball.work += len(chosen) * len(ball.nodes)
+        return cache.rows(members[chosen], 2 * reach * (1 + _SLACK) + 1e-12)[:, members]
+
+    if sampled:
         budget = LARGE_SET_ROWS
-        sample = _random_open_members(members, scored)
-        sample_rows = ball.rows(sample, 2 * reach)
+        sample = _hashed_open_members(members, scored)
+        sample_rows = member_rows(sample, 2 * reach)
         # d is symmetric, so the sampled rows hold the sampled part of every member's total delay
         estimate = np.where(scored, np.inf, sample_rows.sum(0))
         estimate[sample] = np.inf
         candidates = np.sort(np.argsort(estimate, kind="stable")[:CANDIDATE_ROWS])
-        for chosen, rows in ((sample, sample_rows), (candidates, ball.rows(candidates, 2 * reach))):
+        for chosen, rows in ((sample, sample_rows), (candidates, member_rows(candidates, 2 * reach))):
             spent += len(chosen)
             scored[chosen], value[chosen] = True, score(rows)
             bound = np.maximum(bound, bound_of(rows).max(0))
@@ -185,25 +244,35 @@ def _search(
             return int(members[best])
         bound = pair.tighten(bound, waiting, cut)
         waiting = waiting[bound[waiting] <= cut]
-        if not len(waiting):
+        if not len(waiting) or (sampled and len(waiting) > budget - spent):
+            # sampled: bounds that cannot close within the budget pick no better than the estimate did
             return int(members[best])
         chunk = waiting[np.lexsort((members[waiting], bound[waiting]))[:BATCH]]
         # a source j reaches every member within min_l d(l, j) + reach_l; its paths stay within
         # d(first landmark, j) + that of the first landmark
         limits = (landmarks.rows[:, chunk] + reaches[:, None]).min(0)
-        rows = ball.rows(chunk, float(limits.max()), float((first[chunk] + limits).max()))
+        rows = member_rows(chunk, float(limits.max()), float((first[chunk] + limits).max()))
         spent += len(chunk)
         scored[chunk], value[chunk] = True, score(rows)
         bound = np.maximum(bound, bound_of(rows).max(0))
         bound[chunk] = value[chunk]
 
 
-def _random_open_members(members: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """``SAMPLE_ROWS`` unscored members (indices into ``members``) drawn at random, seeded by the set
-    itself so that the same set always gets the same answer."""
-    rng = np.random.default_rng(zlib.crc32(members.tobytes()))
+def _id_hash(ids: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random order of node ids: splitmix64's finaliser (Steele et al., OOPSLA 2014)."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _hashed_open_members(members: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """The ``SAMPLE_ROWS`` unscored members (indices into ``members``) of lowest ``_id_hash``: a uniform
+    pseudo-random sample that depends on the set only, and changes little when the set does."""
     open_members = np.flatnonzero(~scored)
-    return np.sort(rng.choice(open_members, size=min(SAMPLE_ROWS, len(open_members)), replace=False))
+    order = np.argsort(_id_hash(members[open_members]), kind="stable")
+    return np.sort(open_members[order[:SAMPLE_ROWS]])
 
 
 class _Landmarks:

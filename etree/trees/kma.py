@@ -17,8 +17,10 @@ Also here: plain delay k-medoids (the authors' clustering mode 0, the paper's
 pre-training that produces the accuracies.
 
 Scale: only the K centres' single-source delay rows are computed per iteration
-(never an N x N matrix). Each medoid is exact, found by triangle-inequality
-pruning on a ball around the old centre (:func:`etree.network.placement.medoid`), with
+(never an N x N matrix). Each medoid is found by triangle-inequality
+pruning on a ball around the old centre (:func:`etree.network.placement.medoid`; exact unless
+the set is too large for an exhaustive search, then from a sampled estimate, whose rows the
+oracle's ``RowCache`` keeps across iterations), with
 the rows of the ``NEIGHBOUR_LANDMARKS`` nearest other centres, already computed for the
 assignment, as its landmarks (they surround the cluster, so they bound it from every side).
 A member set met before keeps its medoid, and a cycle of centre sets is
@@ -47,7 +49,7 @@ from clients.train_config import TrainConfig
 from etree.core.errors import ProtocolError
 from etree.engine.workload import Workload
 from etree.network.model import NetworkModel
-from etree.network.placement import medoid
+from etree.network.placement import RowCache, medoid
 from topologies import latency_csgraph
 
 NEIGHBOUR_LANDMARKS = 6  # a cluster's medoid search bounds with the rows of its nearest other centres
@@ -86,10 +88,16 @@ class DelayOracle:
         self.nodes = graph.number_of_nodes()
         self.positions = np.array([graph.nodes[n]["pos"] for n in range(self.nodes)], dtype=np.float64)
         self._rows: dict[int, np.ndarray] = {}
+        self.cache = RowCache(self.latency)  # the sampled medoid searches' rows, kept across iterations
 
     def rows(self, sources: np.ndarray) -> np.ndarray:
-        """Full delay rows ``[len(sources), n]``; rows of sources not asked for last time are dropped."""
+        """Full delay rows ``[len(sources), n]``; rows of sources not asked for last time are dropped.
+        A new centre was a scored member of its cluster, so a sampled search often holds its row."""
         keep = {int(s) for s in sources}
+        for source in keep - self._rows.keys():
+            row = self.cache.get(source)
+            if row is not None:
+                self._rows[source] = row
         missing = sorted(keep - self._rows.keys())
         if missing:
             dist = csgraph.dijkstra(self.latency, directed=True, indices=missing)
@@ -101,9 +109,9 @@ class DelayOracle:
     def medoid(
         self, members: np.ndarray, centre_row: np.ndarray | None = None, landmark_rows: np.ndarray | None = None
     ) -> int:
-        """Eq. 1, exactly (:func:`etree.network.placement.medoid`); ``centre_row``: delays from the old
+        """Eq. 1 (:func:`etree.network.placement.medoid`); ``centre_row``: delays from the old
         centre; ``landmark_rows``: delays from other nodes (the neighbouring centres), to bound with."""
-        return medoid(self.latency, members, centre_row, landmark_rows)
+        return medoid(self.latency, members, centre_row, landmark_rows, self.cache)
 
 
 # -- assignment steps (pure functions) ---------------------------------------
