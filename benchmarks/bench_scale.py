@@ -14,9 +14,9 @@ build, each protocol's set-up (E-Tree: public-set pre-training + KMA + tree;
 FedAvg: choosing the server) and its mean round (one local epoch of every
 device, aggregation, simulated timing, one evaluation), and one E-Tree
 checkpoint (the snapshot's tensors, the bytes safetensors stores), and writing the run
-folder (``experiments.results.write_run``, into a temporary folder). Memory: peak RSS of
-the process, and what one device costs (the slope of peak RSS between the two
-largest fleets of the first K).
+folder (``experiments.results.write_run``, into a temporary folder); KMA's iterations and
+the cluster sizes it made. Memory: peak RSS of the process, and what one device costs (the
+slope of peak RSS between the two largest fleets of the first K).
 
 Run: ``.venv/bin/python benchmarks/bench_scale.py [--devices 1000 10000 100000] [--clusters 8 100 1000]
 [--rounds 5] [--topology random_links] [--partition dirichlet]``
@@ -110,6 +110,10 @@ def measure_one(
             "peak_mb": peak_rss_mb(),
         }
         result.structures[entry.label] = protocol.structure()
+        clustering = result.structures[entry.label].get("clustering")
+        if clustering is not None:  # E-Tree: how KMA went, and the cluster sizes it made
+            sizes = [len(c["members"]) for c in result.structures[entry.label]["layers"][0]["clusters"]]
+            out[entry.label] |= {"iterations": clustering["iterations"], "sizes": [min(sizes), max(sizes)]}
         loads = protocol.link_loads()
         if loads is not None:
             result.links[entry.label] = loads
@@ -153,7 +157,8 @@ def main() -> None:
 
     title = f"E-Tree and FedAvg, {args.rounds} rounds, synthetic softmax, {args.samples} samples/device"
     table = Table(title=f"{title}, {args.topology}, {args.partition} partition")
-    columns = ["devices", "K", "workload s", "etree setup s", "etree s/round", "fedavg s/round", "write s"]
+    columns = ["devices", "K", "KMA iterations", "cluster sizes", "workload s", "etree setup s", "etree s/round"]
+    columns += ["fedavg s/round", "write s"]
     columns += ["process wall s", "peak RSS MB", "etree checkpoint MB (s)", "etree acc r0 -> last"]
     for column in columns:
         table.add_column(column, justify="right")
@@ -162,6 +167,8 @@ def main() -> None:
         table.add_row(
             f"{row['devices']:,}",
             f"{row['clusters']:,}",
+            f"{etree['iterations']}",
+            f"{etree['sizes'][0]:,}-{etree['sizes'][1]:,}",
             f"{row['workload_s']:.1f}",
             f"{etree['setup_s']:.1f}",
             f"{etree['round_s']:.2f}",

@@ -136,11 +136,17 @@ def test_the_row_cache_is_bounded_and_exact_up_to_each_rows_cut_off() -> None:
     latency = latency_csgraph(graph)
     cache = placement.RowCache(latency, capacity=5 * 300)
     exact = csgraph.dijkstra(latency, directed=True, indices=np.arange(8))
-    cut = float(np.median(exact))
-    near = cache.rows(np.arange(8), cut)
-    assert len(cache._rows) == 5 and cache.computed == 8
-    within = exact <= cut
-    assert np.allclose(near[within], exact[within]) and np.isinf(near[~within]).all()
-    assert np.allclose(cache.rows(np.array([7]))[0], exact[7])  # a wider cut-off than held: computed again
-    assert cache.computed == 9
-    assert cache.get(7, cut) is not None and cache.get(0) is None  # the oldest were dropped
+    assert np.array_equal(cache.rows(np.arange(8)), exact)  # whole rows, held dense: 5 fit
+    assert len(cache._rows) == 5 and cache.stored <= 5 * 300 and cache.computed == 8
+    assert cache.get(0) is None and cache.get(7) is not None  # the oldest were dropped
+    cut = float(np.quantile(exact, 0.1))
+    near = cache.rows(np.arange(10, 20), cut)  # cut-off rows, held sparse: more fit
+    nearby = csgraph.dijkstra(latency, directed=True, indices=np.arange(10, 20))
+    within = nearby <= cut
+    assert np.allclose(near[within], nearby[within]) and np.isinf(near[~within]).all()
+    assert cache.stored <= 5 * 300 and len(cache._rows) > 5
+    computed = cache.computed
+    assert np.array_equal(cache.rows(np.array([19]), cut / 2), near[9:])  # a shorter cut-off: served
+    assert cache.computed == computed
+    assert np.allclose(cache.rows(np.array([19]))[0], nearby[9])  # a longer one than held: computed
+    assert cache.computed == computed + 1

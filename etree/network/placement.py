@@ -42,9 +42,14 @@ close within them (compact sets on geometric graphs: the answer is then exact) a
 member scored. The
 sample is the ``SAMPLE_ROWS`` members of lowest hash of their id (a fixed pseudo-random order of the
 nodes, ``_id_hash``), so the answer is a function of the set, and a set that changes by a few members
-from one KMA iteration to the next keeps most of its sample and candidates: with a ``RowCache``
-(KMA passes one) their whole-graph rows are computed once, not every iteration. The excess delay
+from one KMA iteration to the next keeps most of its sample and candidates. The excess delay
 this costs is measured in ``tests/test_placement.py`` and the README's benchmark section.
+
+With a ``RowCache`` (KMA passes one), a search whose ball is most of the graph (``random_links``,
+where delays concentrate; any set past about a third of a geometric graph) takes its rows from the
+cache: whole-graph Dijkstra runs cut off at the delay the search asks for, as exact on the members
+as runs on the ball, kept for later searches. A cluster that changed by a few members since the
+last KMA iteration mostly scores members it scored then, and their rows are not computed again.
 
 Every Dijkstra is confined to the ball of radius 3R around the first landmark
 (R: its farthest member), with a cut-off at 2R: no two members are farther apart
@@ -74,6 +79,7 @@ PAIR_ROWS = 256  # open members given the pairwise bound at once (fewer for sets
 PAIR_FLOATS = 2**22  # floats of one pairwise-bound block (32 MB)
 SAMPLED_ABOVE = 8192  # members past which Eq. 1 starts from a sampled estimate (see the module docstring)
 SAMPLED_WORK = 2**24  # ... and members times ball nodes past which it does (sets of 168+ on a 100,000-node ball)
+WHOLE_BALL = 0.8  # a ball of this share of the graph's nodes runs on the whole graph (and its rows are cached)
 ROW_CACHE_FLOATS = 2**27  # what a RowCache holds at most (1 GiB of float64: 1,342 rows of a 100,000-node graph)
 SAMPLE_ROWS = 32  # rows of randomly drawn members behind the estimate
 CANDIDATE_ROWS = 32  # members of lowest estimated total delay scored exactly
@@ -111,23 +117,29 @@ def medoid(
     first landmark's Dijkstra. ``landmark_rows`` (``[l, n]`` delays from any nodes, e.g. the
     neighbouring clusters' centres, which KMA has at hand) replace the farthest-point landmarks:
     any node's delays bound the same way, so the answer is the same, for no Dijkstra.
-    ``cache`` (of ``latency``) serves a sampled search's rows: the answer is the same with or without.
+    ``cache`` (of ``latency``) serves the search's rows: the answer is the same with or without.
     """
     return _search(latency, members, centre_row, _MEDOID, landmark_rows, cache)
 
 
 class RowCache:
     """Delay rows by source node, each exact up to the cut-off it was computed with (beyond it: inf),
-    the least recently used dropped past ``capacity`` floats.
+    the least recently used dropped past ``capacity`` stored floats.
 
-    Hand-written rather than ``functools.lru_cache``: it is bounded by bytes, serves a batch of sources
-    with one Dijkstra call for the missing ones, reuses a row for any cut-off up to its own, and lets a
-    caller look rows up without computing them."""
+    Rows are Dijkstra runs on the whole graph cut off at the asked delay: as exact as a run on a
+    search's ball and as cheap (Dijkstra stops at the cut-off), and reusable by any later search
+    that needs no more (KMA's next iteration, whose sets have barely changed). A row cut off
+    short of most of the graph is held sparse (its finite entries), so a cache holds thousands.
+    Hand-written rather than ``functools.lru_cache``: it is bounded by bytes, serves a batch of
+    sources with one Dijkstra call for the missing ones, reuses a row for any cut-off up to its
+    own, and lets a caller look rows up without computing them."""
 
     def __init__(self, latency: sparse.csr_array, capacity: int = ROW_CACHE_FLOATS) -> None:
         self.latency = latency
-        self.held = max(1, capacity // max(1, latency.shape[0]))  # rows held at most
-        self._rows: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+        self.nodes = latency.shape[0]
+        self.capacity = capacity
+        self.stored = 0.0  # floats held (a sparse entry costs 1.5: a float64 value and an int32 index)
+        self._rows: OrderedDict[int, tuple[float, np.ndarray | None, np.ndarray]] = OrderedDict()
         self.computed = 0  # rows computed so far (for benchmarks and tests)
 
     def get(self, source: int, limit: float = np.inf) -> np.ndarray | None:
@@ -137,7 +149,12 @@ class RowCache:
         if entry is None or entry[0] < limit:
             return None
         self._rows.move_to_end(source)
-        return entry[1]
+        _, index, values = entry
+        if index is None:
+            return values
+        row = np.full(self.nodes, np.inf)
+        row[index] = values
+        return row
 
     def rows(self, sources: np.ndarray, limit: float = np.inf) -> np.ndarray:
         """Delays ``[len(sources), n]`` from each of ``sources`` to every node, exact up to ``limit``."""
@@ -148,20 +165,47 @@ class RowCache:
             found |= dict(zip(missing, _rows(self.latency, np.array(missing), limit), strict=True))
             self.computed += len(missing)
         for s in missing:
-            self._rows[s] = (limit, found[s])
-            self._rows.move_to_end(s)
-        while len(self._rows) > self.held:
-            self._rows.popitem(last=False)
-        return np.stack([found[s] for s in ids]) if ids else np.empty((0, self.latency.shape[0]))
+            self._hold(s, limit, found[s])
+        return np.stack([found[s] for s in ids]) if ids else np.empty((0, self.nodes))
+
+    def _hold(self, source: int, limit: float, row: np.ndarray) -> None:
+        old = self._rows.pop(source, None)
+        if old is not None:
+            self.stored -= _stored(old)
+        index = np.flatnonzero(np.isfinite(row))
+        entry = (limit, None, row) if 3 * len(index) > 2 * self.nodes else (limit, index.astype(np.int32), row[index])
+        self._rows[source] = entry
+        self.stored += _stored(entry)
+        while self.stored > self.capacity and len(self._rows) > 1:
+            self.stored -= _stored(self._rows.popitem(last=False)[1])
+
+
+def _stored(entry: tuple[float, np.ndarray | None, np.ndarray]) -> float:
+    return len(entry[2]) * (1.0 if entry[1] is None else 1.5)
 
 
 class _Ball:
     """The graph around a set: nodes within 3R of the first landmark (R: its farthest member), and
-    the smaller balls a batch of sources near the middle needs."""
+    the smaller balls a batch of sources near the middle needs. With a ``RowCache`` and a ball of
+    most of the graph, rows come from the cache instead (whole-graph Dijkstra cut off at the same
+    delay: the same exact member delays)."""
 
-    def __init__(self, latency: sparse.csr_array, centre_row: np.ndarray, members: np.ndarray, reach: float) -> None:
+    def __init__(
+        self,
+        latency: sparse.csr_array,
+        centre_row: np.ndarray,
+        members: np.ndarray,
+        reach: float,
+        cache: RowCache | None = None,
+    ) -> None:
         self.nodes = np.flatnonzero(centre_row <= 3 * reach * (1 + _SLACK) + 1e-12)
-        self.graph = latency[self.nodes][:, self.nodes] if len(self.nodes) < latency.shape[0] else latency
+        # a cut-off Dijkstra on the whole graph costs 2-3x one on a small ball's own graph (measured at
+        # 100,000 random geometric nodes), so the cache serves balls of most of the graph only
+        whole = len(self.nodes) >= WHOLE_BALL * latency.shape[0]
+        if whole:
+            self.nodes = np.arange(latency.shape[0])
+        self.members, self.cache = members, cache if whole else None
+        self.graph = latency if whole else latency[self.nodes][:, self.nodes]
         self.around = centre_row[self.nodes]  # delay from the first landmark to each ball node
         self.local = np.searchsorted(self.nodes, members)
         self.work = 0
@@ -169,12 +213,16 @@ class _Ball:
     def rows(self, sources: np.ndarray, limit: float, radius: float = np.inf) -> np.ndarray:
         """Exact delays from members ``sources`` (indices into the set) to every member, up to
         ``limit``; ``radius`` bounds the first landmark's delay to every node such a path visits."""
+        cut = limit * (1 + _SLACK) + 1e-12
+        if self.cache is not None:  # a cut-off Dijkstra visits only what the ball's would
+            self.work += len(sources) * len(self.nodes)
+            return self.cache.rows(self.members[sources], cut)[:, self.members]
         graph, local = self.graph, self.local
         inner = np.flatnonzero(self.around <= radius * (1 + _SLACK) + 1e-12)
         if len(inner) < 0.8 * len(self.nodes):  # a ball of its own: Dijkstra's cost grows with the nodes
             graph, local = self.graph[inner][:, inner], np.searchsorted(inner, local)
         self.work += len(sources) * graph.shape[0]
-        return _rows(graph, local[sources], limit * (1 + _SLACK) + 1e-12)[:, local]
+        return _rows(graph, local[sources], cut)[:, local]
 
 
 def _search(
@@ -195,7 +243,7 @@ def _search(
     reach = float(first.max())
     if not np.isfinite(reach):
         raise ValueError("medoid: the members are not connected")
-    ball = _Ball(latency, centre_row, members, reach)
+    ball = _Ball(latency, centre_row, members, reach, cache)
     if len(members) <= BATCH:
         return int(members[_best(score(ball.rows(np.arange(len(members)), 2 * reach)))])
     given = None if landmark_rows is None else landmark_rows[:, members]
@@ -216,22 +264,15 @@ def _search(
     budget = MAX_EXACT_ROWS
     sampled = objective is _MEDOID and (len(members) > SAMPLED_ABOVE or len(members) * len(ball.nodes) > SAMPLED_WORK)
 
-    def member_rows(chosen: np.ndarray, limit: float, radius: float = np.inf) -> np.ndarray:
-        if not sampled or cache is None:
-            return ball.rows(chosen, limit, radius)
-        # the cut-off 2R (no two members farther apart) for every row: a row then serves later sets too
-        ball.work += len(chosen) * len(ball.nodes)
-        return cache.rows(members[chosen], 2 * reach * (1 + _SLACK) + 1e-12)[:, members]
-
     if sampled:
         budget = LARGE_SET_ROWS
         sample = _hashed_open_members(members, scored)
-        sample_rows = member_rows(sample, 2 * reach)
+        sample_rows = ball.rows(sample, 2 * reach)
         # d is symmetric, so the sampled rows hold the sampled part of every member's total delay
         estimate = np.where(scored, np.inf, sample_rows.sum(0))
         estimate[sample] = np.inf
         candidates = np.sort(np.argsort(estimate, kind="stable")[:CANDIDATE_ROWS])
-        for chosen, rows in ((sample, sample_rows), (candidates, member_rows(candidates, 2 * reach))):
+        for chosen, rows in ((sample, sample_rows), (candidates, ball.rows(candidates, 2 * reach))):
             spent += len(chosen)
             scored[chosen], value[chosen] = True, score(rows)
             bound = np.maximum(bound, bound_of(rows).max(0))
@@ -251,7 +292,7 @@ def _search(
         # a source j reaches every member within min_l d(l, j) + reach_l; its paths stay within
         # d(first landmark, j) + that of the first landmark
         limits = (landmarks.rows[:, chunk] + reaches[:, None]).min(0)
-        rows = member_rows(chunk, float(limits.max()), float((first[chunk] + limits).max()))
+        rows = ball.rows(chunk, float(limits.max()), float((first[chunk] + limits).max()))
         spent += len(chunk)
         scored[chunk], value[chunk] = True, score(rows)
         bound = np.maximum(bound, bound_of(rows).max(0))

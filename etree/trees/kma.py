@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import networkx as nx
 import numpy as np
@@ -54,8 +55,11 @@ from topologies import latency_csgraph
 
 NEIGHBOUR_LANDMARKS = 6  # a cluster's medoid search bounds with the rows of its nearest other centres
 
-#: ``assign(delays [k, n], centre positions [k]) -> (labels [n], accepted [n])``
-Assignment = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+ASSIGN_REACH = 2.0  # centre rows are cut off at this many times the largest nearest-centre delay
+
+#: ``assign(delays [k, n], centre positions [k], column) -> (labels [n], accepted [n])``; ``delays`` exact
+#: up to a cut-off (inf beyond), ``column(i)`` node i's exact delays from every centre
+Assignment = Callable[[np.ndarray, np.ndarray, Callable[[int], np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -87,24 +91,39 @@ class DelayOracle:
         self.latency: sparse.csr_array = latency_csgraph(graph)
         self.nodes = graph.number_of_nodes()
         self.positions = np.array([graph.nodes[n]["pos"] for n in range(self.nodes)], dtype=np.float64)
-        self._rows: dict[int, np.ndarray] = {}
-        self.cache = RowCache(self.latency)  # the sampled medoid searches' rows, kept across iterations
+        self._rows: dict[int, tuple[float, np.ndarray]] = {}  # the current centres': (cut-off, row)
+        self.cache = RowCache(self.latency)  # the medoid searches' rows, kept across iterations
 
-    def rows(self, sources: np.ndarray) -> np.ndarray:
-        """Full delay rows ``[len(sources), n]``; rows of sources not asked for last time are dropped.
-        A new centre was a scored member of its cluster, so a sampled search often holds its row."""
+    def rows(self, sources: np.ndarray, limit: float = np.inf) -> np.ndarray:
+        """Delay rows ``[len(sources), n]``, exact up to ``limit`` (inf beyond); rows of sources not asked
+        for last time are dropped. A new centre was a scored member of its cluster, so a medoid search
+        often holds its row."""
         keep = {int(s) for s in sources}
+        self._rows = {s: entry for s, entry in self._rows.items() if s in keep and entry[0] >= limit}
         for source in keep - self._rows.keys():
-            row = self.cache.get(source)
+            row = self.cache.get(source, limit)
             if row is not None:
-                self._rows[source] = row
+                self._rows[source] = (limit, row)
         missing = sorted(keep - self._rows.keys())
         if missing:
-            dist = csgraph.dijkstra(self.latency, directed=True, indices=missing)
+            dist = csgraph.dijkstra(self.latency, directed=True, indices=missing, limit=limit)
             for row, source in zip(np.atleast_2d(dist), missing, strict=True):
-                self._rows[source] = row
-        self._rows = {s: r for s, r in self._rows.items() if s in keep}
-        return np.stack([self._rows[int(s)] for s in sources]) if len(sources) else np.empty((0, self.nodes))
+                self._rows[source] = (limit, row)
+        if not len(sources):
+            return np.empty((0, self.nodes))
+        out = np.stack([self._rows[int(s)][1] for s in sources])
+        if np.isfinite(limit):  # rows held with a longer cut-off: the same cut-off for all (the assignment's rule)
+            out[out > limit] = np.inf
+        return out
+
+    def reach(self, centres: np.ndarray, nodes: np.ndarray) -> float:
+        """The largest delay from any of ``nodes`` to its nearest of ``centres`` (one multi-source Dijkstra)."""
+        nearest = csgraph.dijkstra(self.latency, directed=True, indices=centres, min_only=True)
+        return float(nearest[nodes].max())
+
+    def column(self, node: int, centres: np.ndarray) -> np.ndarray:
+        """Exact delays from every one of ``centres`` to ``node`` (delays are symmetric: ``node``'s own row)."""
+        return self.cache.rows(np.array([node]))[0][centres]
 
     def medoid(
         self, members: np.ndarray, centre_row: np.ndarray | None = None, landmark_rows: np.ndarray | None = None
@@ -132,6 +151,7 @@ def kma_assignment(
     accuracy: np.ndarray,
     delta: float,
     candidates: int,
+    column: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One KMA assignment pass (Algorithm 1, lines 6-16): returns (labels, accepted).
 
@@ -143,6 +163,11 @@ def kma_assignment(
     The loop is sequential by nature (each join moves a running mean), so it is
     plain Python over precomputed lists; a node's centres are sorted only when its
     nearest refuses it (rare: at K = 1,000 sorting every node's took most of an iteration).
+
+    ``delays`` may be cut off (inf past a delay every node's nearest centre is within): a refused
+    node whose centres within the cut-off are fewer than ``candidates`` and all refuse it takes its
+    exact delays from ``column(i)`` (None: ``delays`` are complete) and goes on in that order, so the
+    result is the one full rows give. Cut-off rows cost a fraction of full ones on geometric graphs.
     """
     k, n = delays.shape
     candidates = max(1, min(candidates, k))
@@ -164,11 +189,27 @@ def kma_assignment(
         if abs(mean - target) < delta:
             accepted[i] = True
         elif candidates > 1:  # rare: the nearest centre refused, so sort this node's centres
-            for j in np.argsort(delays[:, i], kind="stable")[1:candidates].tolist():
+            own = delays[:, i]
+            order = np.argsort(own, kind="stable")[:candidates]
+            short = column is not None and not np.isfinite(own[order[-1]])  # the cut-off hides some
+            if short:
+                order = order[np.isfinite(own[order])]
+            for j in order[1:].tolist():
                 trial = (means[j] * sizes[j] + a) / (sizes[j] + 1)
                 if abs(trial - target) < delta:
                     choice, mean, accepted[i] = j, trial, True
                     break
+            else:
+                if short:  # every centre within the cut-off refused: go on in exact order
+                    assert column is not None
+                    tried = set(order.tolist())
+                    for j in np.argsort(column(i), kind="stable")[:candidates].tolist():
+                        if j in tried:
+                            continue
+                        trial = (means[j] * sizes[j] + a) / (sizes[j] + 1)
+                        if abs(trial - target) < delta:
+                            choice, mean, accepted[i] = j, trial, True
+                            break
         means[choice] = mean
         sizes[choice] += 1
         labels[i] = choice
@@ -176,6 +217,11 @@ def kma_assignment(
 
 
 # -- iterated clusterings ----------------------------------------------------
+def _node_column(oracle: DelayOracle, nodes: np.ndarray, centres: np.ndarray, position: int) -> np.ndarray:
+    """The exact delays from every centre to ``nodes[position]``, for an assignment on cut-off rows."""
+    return oracle.column(int(nodes[position]), centres)
+
+
 def _iterate(
     oracle: DelayOracle,
     nodes: np.ndarray,
@@ -206,8 +252,11 @@ def _iterate(
             labels, accepted, final = outcomes[first + (max_iterations - 1 - first) % (iteration - first)]
             return Clustering(nodes, labels, nodes[final], max_iterations, False, accepted)
         seen[state] = iteration
-        rows = oracle.rows(nodes[centre_pos])
-        labels, accepted = assign(rows[:, nodes], centre_pos)
+        centres = nodes[centre_pos]
+        # every node's nearest centre lies within reach; rows cut off at twice that hold its next ones
+        limit = ASSIGN_REACH * oracle.reach(centres, nodes) * (1 + 1e-9) if k > 1 else np.inf
+        rows = oracle.rows(centres, limit)
+        labels, accepted = assign(rows[:, nodes], centre_pos, partial(_node_column, oracle, nodes, centres))
         order = np.argsort(labels, kind="stable")
         groups = np.split(nodes[order], np.cumsum(np.bincount(labels, minlength=k))[:-1])
         new = np.empty(k, dtype=np.int64)
@@ -216,7 +265,10 @@ def _iterate(
             key = group.tobytes()
             if key not in medoids:
                 near = np.argsort(between[c], kind="stable")[1 : NEIGHBOUR_LANDMARKS + 1]
-                medoids[key] = oracle.medoid(group, rows[c], rows[near] if len(near) else None)
+                own = rows[c]
+                if not 3 * own[group].max() * (1 + 1e-9) <= limit:  # its ball (3R) reaches past the cut-off
+                    own = oracle.cache.rows(centres[c : c + 1])[0]
+                medoids[key] = oracle.medoid(group, own, rows[near] if len(near) else None)
             new[c] = medoids[key]
         new_pos = np.searchsorted(nodes, new)
         outcomes.append((labels, accepted, new_pos))
@@ -253,8 +305,10 @@ def kma_clusters(
     nodes = np.arange(len(accuracy), dtype=np.int64)
     tries = _default_candidates(k, candidates)
 
-    def assign(delays: np.ndarray, centre_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return kma_assignment(delays, centre_pos, accuracy, delta, tries)
+    def assign(
+        delays: np.ndarray, centre_pos: np.ndarray, column: Callable[[int], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return kma_assignment(delays, centre_pos, accuracy, delta, tries, column)
 
     return _iterate(oracle or DelayOracle(network.graph), nodes, k, assign, max_iterations, rng)
 
@@ -276,7 +330,9 @@ def kmedoids_clusters(
     oracle = oracle or DelayOracle(network.graph)
     chosen = np.arange(oracle.nodes, dtype=np.int64) if nodes is None else np.sort(np.asarray(nodes, dtype=np.int64))
 
-    def assign(delays: np.ndarray, centre_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def assign(
+        delays: np.ndarray, centre_pos: np.ndarray, column: Callable[[int], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         return nearest_assignment(delays, centre_pos), np.zeros(delays.shape[1], dtype=bool)
 
     if k == 1:  # one cluster: its head is the medoid of everything, no iteration needed
