@@ -128,3 +128,14 @@ def test_path_link_counts_past_46341_nodes() -> None:
             expected[network.link_ids(np.array([back]), np.array([node]))[0]] += 1
             node = back
     assert np.array_equal(network.path_link_counts(7, counts), expected)
+
+
+def test_model_evaluation_in_chunks_bounded_by_logits_gives_the_same_scores() -> None:
+    """Many models on a large test set go a few at a time (their logits bounded), with the same scores."""
+    model = build_model("softmax", (20,), 5)
+    models = {name: torch.stack([init_params(model, seed=s)[name] for s in range(7)]) for name in init_params(model, 0)}
+    x, y = torch.randn(300, 20), torch.randint(0, 5, (300,))
+    whole = evaluate_models(model, models, x, y)
+    chunked = evaluate_models(model, models, x, y, chunk_floats=2 * 300 * 5)  # two models per chunk
+    assert np.array_equal(whole[0], chunked[0]) and np.allclose(whole[1], chunked[1])
+    assert len(whole[0]) == 7 and len(set(whole[0].tolist())) > 1
