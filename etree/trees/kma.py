@@ -31,7 +31,7 @@ On 10,000 random-geometric devices with K = 100 the whole tree takes seconds
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -189,31 +189,32 @@ def kma_assignment(
         if abs(mean - target) < delta:
             accepted[i] = True
         elif candidates > 1:  # rare: the nearest centre refused, so sort this node's centres
-            own = delays[:, i]
-            order = np.argsort(own, kind="stable")[:candidates]
-            short = column is not None and not np.isfinite(own[order[-1]])  # the cut-off hides some
-            if short:
-                order = order[np.isfinite(own[order])]
-            for j in order[1:].tolist():
+            for j in _next_centres(delays[:, i], candidates, column, i):
                 trial = (means[j] * sizes[j] + a) / (sizes[j] + 1)
                 if abs(trial - target) < delta:
                     choice, mean, accepted[i] = j, trial, True
                     break
-            else:
-                if short:  # every centre within the cut-off refused: go on in exact order
-                    assert column is not None
-                    tried = set(order.tolist())
-                    for j in np.argsort(column(i), kind="stable")[:candidates].tolist():
-                        if j in tried:
-                            continue
-                        trial = (means[j] * sizes[j] + a) / (sizes[j] + 1)
-                        if abs(trial - target) < delta:
-                            choice, mean, accepted[i] = j, trial, True
-                            break
         means[choice] = mean
         sizes[choice] += 1
         labels[i] = choice
     return np.array(labels, dtype=np.int64), np.array(accepted, dtype=bool)
+
+
+def _next_centres(
+    own: np.ndarray, candidates: int, column: Callable[[int], np.ndarray] | None, node: int
+) -> Iterator[int]:
+    """After its nearest, the centres a refused node tries, nearest first, ``candidates`` in all; ``own``
+    its (maybe cut-off) delays from each centre. Where the cut-off hides some of them, the ones within
+    it come first and the rest follow in the order of ``column(node)``, the node's exact delays."""
+    order = np.argsort(own, kind="stable")[:candidates]
+    short = column is not None and not np.isfinite(own[order[-1]])
+    if short:
+        order = order[np.isfinite(own[order])]
+    yield from order[1:].tolist()
+    if short:
+        assert column is not None
+        tried = set(order.tolist())
+        yield from (j for j in np.argsort(column(node), kind="stable")[:candidates].tolist() if j not in tried)
 
 
 # -- iterated clusterings ----------------------------------------------------
