@@ -19,7 +19,8 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+def splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser of every entry: a fixed pseudo-random bijection of 64-bit integers."""
     with np.errstate(over="ignore"):
         z = x + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * _MIX1
@@ -29,8 +30,8 @@ def _splitmix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
 
 def hashed_uniform(seed: int, *coordinates: int | npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Uniform [0, 1) numbers indexed by ``seed`` and broadcast integer coordinates."""
-    state = _splitmix64(np.asarray(seed % 2**64, dtype=np.uint64))
+    state = splitmix64(np.asarray(seed % 2**64, dtype=np.uint64))
     for coordinate in coordinates:
         values = np.asarray(coordinate).astype(np.int64).astype(np.uint64)
-        state = _splitmix64(state ^ values)
+        state = splitmix64(state ^ values)
     return (state >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)

@@ -34,7 +34,7 @@ def evaluate_models(
     accuracy, loss = np.empty(count), np.empty(count)
     if count == 0:
         return accuracy, loss
-    classes = forward({name: t[:1] for name, t in params.items()}).shape[-1]
+    classes = functional_call(model, {name: t[0] for name, t in params.items()}, (x[:1],)).shape[-1]
     chunk_size = max(1, min(chunk_size, chunk_floats // max(1, len(x) * classes)))
     for start in range(0, count, chunk_size):
         chunk = {name: t[start : start + chunk_size] for name, t in params.items()}

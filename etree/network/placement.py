@@ -39,10 +39,9 @@ sampled rows give every member an unbiased estimate of its total delay, ``|C| / 
 bandits", AISTATS 2018), and the ``CANDIDATE_ROWS`` members with the lowest estimates are scored
 exactly; the search then goes on in bound order up to ``LARGE_SET_ROWS`` rows if the bounds can
 close within them (compact sets on geometric graphs: the answer is then exact) and returns the best
-member scored. The
-sample is the ``SAMPLE_ROWS`` members of lowest hash of their id (a fixed pseudo-random order of the
-nodes, ``_id_hash``), so the answer is a function of the set, and a set that changes by a few members
-from one KMA iteration to the next keeps most of its sample and candidates. The excess delay
+member scored. The sample is the ``SAMPLE_ROWS`` members of lowest hash of their id (a fixed
+pseudo-random order of the nodes), so the answer is a function of the set, and a set that changes
+by a few members from one KMA iteration to the next keeps most of its sample and candidates. The excess delay
 this costs is measured in ``tests/test_placement.py`` and the README's benchmark section.
 
 With a ``RowCache`` (KMA passes one), a search whose ball is most of the graph (``random_links``,
@@ -69,6 +68,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from clients.streams import splitmix64
 from etree.network.model import NetworkModel
 
 BATCH = 16  # members scored exactly per Dijkstra batch
@@ -299,20 +299,12 @@ def _search(
         bound[chunk] = value[chunk]
 
 
-def _id_hash(ids: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random order of node ids: splitmix64's finaliser (Steele et al., OOPSLA 2014)."""
-    with np.errstate(over="ignore"):
-        z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
 def _hashed_open_members(members: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """The ``SAMPLE_ROWS`` unscored members (indices into ``members``) of lowest ``_id_hash``: a uniform
-    pseudo-random sample that depends on the set only, and changes little when the set does."""
+    """The ``SAMPLE_ROWS`` unscored members (indices into ``members``) of lowest SplitMix64 hash of their
+    id (:func:`clients.streams.splitmix64`): a uniform pseudo-random sample that depends on the set
+    only, and changes little when the set does."""
     open_members = np.flatnonzero(~scored)
-    order = np.argsort(_id_hash(members[open_members]), kind="stable")
+    order = np.argsort(splitmix64(members[open_members].astype(np.uint64)), kind="stable")
     return np.sort(open_members[order[:SAMPLE_ROWS]])
 
 
